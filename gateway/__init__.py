@@ -1,0 +1,1 @@
+"""The libpq gateway: Neon page service protocol -> gRPC pageread."""

@@ -1,0 +1,118 @@
+"""Catalog reads and writes for tenants and timelines, as plain functions on a Session.
+
+Callers own the transaction (``with sessionmaker.begin() as s:``).  Ids go in and come
+out as TenantId/TimelineId; rows are returned as the frozen TenantRecord/TimelineRecord
+values so nothing outside this module holds an ORM object.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from pagestore.catalog.models import Tenant, Timeline
+from pagestore.errors import AlreadyExists, TenantNotFound, TimelineNotFound
+from pagestore.ids import TenantId, TimelineId
+from pagestore.lsn import Lsn
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRecord:
+    tenant_id: TenantId
+    state: str
+    created_at: datetime.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineRecord:
+    tenant_id: TenantId
+    timeline_id: TimelineId
+    ancestor_timeline_id: TimelineId | None
+    ancestor_lsn: Lsn | None
+    pg_version: int
+    state: str
+    wal_source: str | None
+    min_readable_lsn: Lsn
+    last_record_lsn: Lsn
+    prev_record_lsn: Lsn
+    disk_consistent_lsn: Lsn
+    remote_consistent_lsn: Lsn
+    gc_cutoff_lsn: Lsn
+    created_at: datetime.datetime
+
+
+def _tenant_record(row: Tenant) -> TenantRecord:
+    return TenantRecord(TenantId.parse(row.tenant_id), row.state, row.created_at)
+
+
+def _timeline_record(row: Timeline) -> TimelineRecord:
+    return TimelineRecord(
+        tenant_id=TenantId.parse(row.tenant_id),
+        timeline_id=TimelineId.parse(row.timeline_id),
+        ancestor_timeline_id=(TimelineId.parse(row.ancestor_timeline_id)
+                              if row.ancestor_timeline_id else None),
+        ancestor_lsn=row.ancestor_lsn,
+        pg_version=row.pg_version,
+        state=row.state,
+        wal_source=row.wal_source,
+        min_readable_lsn=row.min_readable_lsn,
+        last_record_lsn=row.last_record_lsn,
+        prev_record_lsn=row.prev_record_lsn,
+        disk_consistent_lsn=row.disk_consistent_lsn,
+        remote_consistent_lsn=row.remote_consistent_lsn,
+        gc_cutoff_lsn=row.gc_cutoff_lsn,
+        created_at=row.created_at,
+    )
+
+
+def create_tenant(session: Session, tenant_id: TenantId) -> TenantRecord:
+    if session.get(Tenant, str(tenant_id)) is not None:
+        raise AlreadyExists(f"tenant {tenant_id} already exists")
+    row = Tenant(tenant_id=str(tenant_id))
+    session.add(row)
+    session.flush()
+    session.refresh(row)
+    return _tenant_record(row)
+
+
+def get_tenant(session: Session, tenant_id: TenantId) -> TenantRecord:
+    row = session.get(Tenant, str(tenant_id))
+    if row is None:
+        raise TenantNotFound(f"tenant {tenant_id} not found")
+    return _tenant_record(row)
+
+
+def list_tenants(session: Session) -> list[TenantRecord]:
+    rows = session.scalars(sa.select(Tenant).order_by(Tenant.created_at, Tenant.tenant_id))
+    return [_tenant_record(r) for r in rows]
+
+
+def create_timeline(session: Session, tenant_id: TenantId, timeline_id: TimelineId, *,
+                    pg_version: int = 15, wal_source: str | None = None) -> TimelineRecord:
+    get_tenant(session, tenant_id)
+    if session.get(Timeline, (str(tenant_id), str(timeline_id))) is not None:
+        raise AlreadyExists(f"timeline {timeline_id} of tenant {tenant_id} already exists")
+    row = Timeline(tenant_id=str(tenant_id), timeline_id=str(timeline_id),
+                   pg_version=pg_version, wal_source=wal_source)
+    session.add(row)
+    session.flush()
+    session.refresh(row)
+    return _timeline_record(row)
+
+
+def get_timeline(session: Session, tenant_id: TenantId, timeline_id: TimelineId) -> TimelineRecord:
+    row = session.get(Timeline, (str(tenant_id), str(timeline_id)))
+    if row is None:
+        get_tenant(session, tenant_id)
+        raise TimelineNotFound(f"timeline {timeline_id} of tenant {tenant_id} not found")
+    return _timeline_record(row)
+
+
+def list_timelines(session: Session, tenant_id: TenantId) -> list[TimelineRecord]:
+    get_tenant(session, tenant_id)
+    rows = session.scalars(sa.select(Timeline).where(Timeline.tenant_id == str(tenant_id))
+                           .order_by(Timeline.created_at, Timeline.timeline_id))
+    return [_timeline_record(r) for r in rows]

@@ -1,0 +1,258 @@
+"""The `pagestore` command line.
+
+Every command takes ``--workdir DIR`` (default $PAGESTORE_WORKDIR, else ./.pagestore) and
+repeatable ``-c key=value`` config overrides (TOML syntax).  Tenant and timeline commands
+are clients of the running stack's housekeeping service; ids print as 32 hex chars.
+Exit codes: 0 success, 1 an operation failed, 2 bad usage or config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from pagestore.config import resolve_workdir
+from pagestore.errors import BadRequest, ConfigError, PagestoreError, Unavailable, from_rpc_error
+from pagestore.ids import TenantId, TimelineId
+from pagestore.lsn import Lsn
+from pagestore.stack import Stack
+
+log = logging.getLogger("pagestore.cli")
+
+
+def _common(sub: bool) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    default: Any = argparse.SUPPRESS if sub else None
+    p.add_argument("--workdir", default=default,
+                   help="working directory (default: $PAGESTORE_WORKDIR, else ./.pagestore)")
+    p.add_argument("-c", dest="overrides", action="append", default=default, metavar="KEY=VALUE",
+                   help="config override in TOML syntax, e.g. -c log.level='debug' (repeatable)")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common(sub=True)
+    parser = argparse.ArgumentParser(prog="pagestore", parents=[_common(sub=False)],
+                                     description="A page server for PostgreSQL 15.")
+    cmds = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = cmds.add_parser("init", parents=[common], help="write <workdir>/pagestore.toml")
+    p.add_argument("--force", action="store_true", help="overwrite an existing config")
+    cmds.add_parser("start", parents=[common], help="start the catalog and the five services")
+    cmds.add_parser("stop", parents=[common], help="stop every service and the catalog")
+    p = cmds.add_parser("status", parents=[common], help="pid, port and health of each service")
+    p.add_argument("--json", action="store_true")
+
+    tenant = cmds.add_parser("tenant", parents=[common], help="tenants")
+    tcmds = tenant.add_subparsers(dest="tenant_command", required=True, metavar="ACTION")
+    p = tcmds.add_parser("create", parents=[common], help="create a tenant; prints its id")
+    p.add_argument("--tenant-id", help="32 hex chars (default: generated)")
+    p = tcmds.add_parser("list", parents=[common], help="list tenants")
+    p.add_argument("--json", action="store_true")
+
+    timeline = cmds.add_parser("timeline", parents=[common], help="timelines")
+    lcmds = timeline.add_subparsers(dest="timeline_command", required=True, metavar="ACTION")
+    p = lcmds.add_parser("create", parents=[common], help="create a timeline; prints its id")
+    p.add_argument("--tenant", required=True, help="tenant id")
+    p.add_argument("--timeline-id", help="32 hex chars (default: generated)")
+    p.add_argument("--pg-version", type=int, default=15)
+    p = lcmds.add_parser("list", parents=[common], help="list a tenant's timelines")
+    p.add_argument("--tenant", required=True, help="tenant id")
+    p.add_argument("--json", action="store_true")
+
+    catalog = cmds.add_parser("catalog", parents=[common], help="the catalog database")
+    ccmds = catalog.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
+    p = ccmds.add_parser("upgrade", parents=[common], help="run the Alembic migrations")
+    p.add_argument("--revision", default="head", help="target revision (default: head)")
+    ccmds.add_parser("status", parents=[common], help="current and needed revision")
+    return parser
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _stack(args: argparse.Namespace) -> Stack:
+    return Stack(resolve_workdir(args.workdir), args.overrides or [])
+
+
+def _housekeeping(stack: Stack) -> tuple[Any, grpc.Channel, str]:
+    from pagestore.proto import housekeeping_pb2_grpc
+
+    addr = stack.effective_config().service_addr("housekeeping")
+    ch = grpc.insecure_channel(addr)
+    return housekeeping_pb2_grpc.HousekeepingStub(ch), ch, addr
+
+
+def _call(stack: Stack, method: str, request: Any) -> Any:
+    stub, ch, addr = _housekeeping(stack)
+    try:
+        return getattr(stub, method)(request, timeout=30)
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.UNAVAILABLE:
+            raise Unavailable(f"the housekeeping service at {addr} is not reachable: is the "
+                              f"stack in {stack.workdir} running? (pagestore start)") from None
+        raise from_rpc_error(e) from None
+    finally:
+        ch.close()
+
+
+def _parse_id(cls: type[TenantId] | type[TimelineId], text: str, option: str) -> str:
+    try:
+        return str(cls.parse(text))
+    except ValueError as e:
+        raise BadRequest(f"{option}: {e}") from None
+
+
+def _timeline_json(t: Any) -> dict[str, Any]:
+    return {
+        "tenant_id": t.tenant_id, "timeline_id": t.timeline_id,
+        "ancestor_timeline_id": t.ancestor_timeline_id or None,
+        "ancestor_lsn": str(Lsn(t.ancestor_lsn)) if t.ancestor_timeline_id else None,
+        "last_record_lsn": str(Lsn(t.last_record_lsn)),
+        "disk_consistent_lsn": str(Lsn(t.disk_consistent_lsn)),
+        "remote_consistent_lsn": str(Lsn(t.remote_consistent_lsn)),
+        "pg_version": t.pg_version, "state": t.state, "wal_source": t.wal_source or None,
+    }
+
+
+# --------------------------------------------------------------------------- commands
+
+def cmd_init(args: argparse.Namespace) -> int:
+    path = _stack(args).init(force=args.force)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    stack = _stack(args)
+    cfg = stack.start()
+    print(f"pagestore is running in {stack.workdir}")
+    print(f"  gateway (libpq): {cfg.gateway.listen_pg_addr}")
+    for name in ("ingest", "pageread", "redo", "housekeeping"):
+        print(f"  {name} (gRPC): {getattr(cfg, name).listen_addr}")
+    print(f"  logs: {stack.logs_dir}")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    stack = _stack(args)
+    stopped = stack.stop()
+    print("stopped " + (", ".join(stopped) if stopped else "nothing (no service was running)"))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _stack(args).status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(f"{'SERVICE':<13} {'PID':>8} {'PORT':>6}  HEALTH")
+        for name, s in status["services"].items():
+            pid = s["pid"] if s["pid"] is not None else "-"
+            print(f"{name:<13} {pid!s:>8} {s['port']!s:>6}  {s['health']}")
+    healthy = all(s["health"] == "SERVING" for s in status["services"].values())
+    return 0 if healthy else 1
+
+
+def cmd_tenant(args: argparse.Namespace) -> int:
+    from pagestore.proto import housekeeping_pb2
+
+    stack = _stack(args)
+    if args.tenant_command == "create":
+        tid = _parse_id(TenantId, args.tenant_id, "--tenant-id") if args.tenant_id else ""
+        info = _call(stack, "CreateTenant", housekeeping_pb2.CreateTenantRequest(tenant_id=tid))
+        print(info.tenant_id)
+        return 0
+    resp = _call(stack, "ListTenants", housekeeping_pb2.ListTenantsRequest())
+    if args.json:
+        print(json.dumps([{"tenant_id": t.tenant_id, "state": t.state,
+                           "created_at": t.created_at.ToJsonString()} for t in resp.tenants],
+                         indent=2))
+    else:
+        for t in resp.tenants:
+            print(f"{t.tenant_id}  {t.state}  {t.created_at.ToJsonString()}")
+    return 0
+
+
+def cmd_timeline(args: argparse.Namespace) -> int:
+    from pagestore.proto import housekeeping_pb2
+
+    stack = _stack(args)
+    tenant = _parse_id(TenantId, args.tenant, "--tenant")
+    if args.timeline_command == "create":
+        tlid = _parse_id(TimelineId, args.timeline_id, "--timeline-id") if args.timeline_id else ""
+        info = _call(stack, "CreateTimeline", housekeeping_pb2.CreateTimelineRequest(
+            tenant_id=tenant, timeline_id=tlid, pg_version=args.pg_version))
+        print(info.timeline_id)
+        return 0
+    resp = _call(stack, "ListTimelines", housekeeping_pb2.ListTimelinesRequest(tenant_id=tenant))
+    if args.json:
+        print(json.dumps([_timeline_json(t) for t in resp.timelines], indent=2))
+    else:
+        for t in resp.timelines:
+            print(f"{t.timeline_id}  {t.state}  last_record_lsn={Lsn(t.last_record_lsn)}")
+    return 0
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    from pagestore.catalog import schema
+    from pagestore.catalog.db import make_engine
+
+    stack = _stack(args)
+    cfg = stack.effective_config()
+    started_here = False
+    if not cfg.catalog.url:
+        if not stack.config_path.exists():
+            raise ConfigError(f"{stack.config_path} does not exist: run `pagestore init` first")
+        stack.ensure_private_catalog(cfg)
+        started_here = not stack.running_services()
+    engine = make_engine(stack.catalog_url(cfg))
+    try:
+        if args.catalog_command == "upgrade":
+            before = schema.current_revision(engine)
+            schema.upgrade(engine, args.revision)
+            after = schema.current_revision(engine)
+            print(f"catalog at revision {after} (was {before or 'empty'})")
+        else:
+            current = schema.current_revision(engine)
+            print(f"current revision: {current or 'none'}")
+            print(f"needed revision:  {schema.head_revision()}")
+    finally:
+        engine.dispose()
+        if started_here and not stack.resolved_config_path.exists():
+            stack._stop_catalog(cfg)
+    return 0
+
+
+COMMANDS = {
+    "init": cmd_init, "start": cmd_start, "stop": cmd_stop, "status": cmd_status,
+    "tenant": cmd_tenant, "timeline": cmd_timeline, "catalog": cmd_catalog,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="pagestore: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as e:
+        print(f"pagestore: {e.message}", file=sys.stderr)
+        return 2
+    except BadRequest as e:
+        print(f"pagestore: {e.message}", file=sys.stderr)
+        return 2
+    except PagestoreError as e:
+        print(f"pagestore: {e.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

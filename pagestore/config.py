@@ -1,0 +1,365 @@
+"""The one config model: ``<workdir>/pagestore.toml`` plus ``-c key=value`` overrides.
+
+Rules:
+- TOML through tomllib into frozen dataclasses, one per section.  Precedence: the
+  defaults below < the file < ``-c`` overrides, merged before validation.
+- A ``-c`` argument is parsed by the same TOML parser (``-c ingest.checkpoint_timeout='5s'``,
+  ``-c "remote_storage={local_path='/x'}"``); a value that is not valid TOML is taken as
+  a plain string, so ``-c catalog.url=postgresql://...`` works unquoted.
+- An unknown key or a value of the wrong type is a ConfigError that names the key.
+- ``remote_storage`` is one backend at a time; a ``-c`` override replaces the whole table.
+- Secrets are not config: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and
+  AZURE_STORAGE_ACCESS_KEY stay in the environment the SDKs read.
+- No globals: load a Config once (``load_config``) and pass it to constructors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pagestore.errors import ConfigError
+
+CONFIG_FILE_NAME = "pagestore.toml"
+WORKDIR_ENV = "PAGESTORE_WORKDIR"
+DEFAULT_WORKDIR = ".pagestore"
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"doc": text}
+
+
+class Duration(float):
+    """Seconds, written in TOML as a number or a string like '10s', '500ms', '5m', '1h'."""
+
+    __slots__ = ()
+
+    _UNITS: typing.ClassVar[dict[str, float]] = {
+        "ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0,
+    }
+    _RE: typing.ClassVar[re.Pattern[str]] = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
+
+    @classmethod
+    def parse(cls, value: object) -> Duration:
+        if isinstance(value, bool):
+            raise ValueError("expected a duration such as '10s'")
+        if isinstance(value, int | float):
+            if value < 0:
+                raise ValueError("a duration cannot be negative")
+            return cls(value)
+        if isinstance(value, str):
+            m = cls._RE.match(value)
+            if m and (m.group(2) or "s") in cls._UNITS:
+                return cls(float(m.group(1)) * cls._UNITS[m.group(2) or "s"])
+        raise ValueError(f"expected a duration such as '10s', '500ms' or '5m', got {value!r}")
+
+    def to_toml(self) -> str:
+        if self >= 1 and float(self).is_integer():
+            return f"'{int(self)}s'"
+        return f"'{round(float(self) * 1000)}ms'"
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogConfig:
+    url: str = field(default="", metadata=_doc(
+        "SQLAlchemy URL of the catalog database (postgresql+psycopg://user:pw@host:port/db).\n"
+        "Empty: `pagestore start` runs a private PostgreSQL 15 cluster under <workdir>/catalog."))
+    port: int = field(default=55432, metadata=_doc(
+        "TCP port of the private catalog cluster on 127.0.0.1 (0: any free port at start)."))
+
+
+@dataclass(frozen=True, slots=True)
+class IngestConfig:
+    listen_addr: str = field(default="127.0.0.1:51061", metadata=_doc(
+        "gRPC address the ingest service listens on (port 0: any free port at start)."))
+    advertise_addr: str = field(default="", metadata=_doc(
+        "Address other services use to reach it (empty: listen_addr)."))
+    checkpoint_distance: int = field(default=64 * 1024 * 1024, metadata=_doc(
+        "Bytes of WAL held in the open in-memory layer before it is frozen and flushed."))
+    checkpoint_timeout: Duration = field(default=Duration(10), metadata=_doc(
+        "Longest time WAL stays in the open in-memory layer before it is flushed."))
+
+
+@dataclass(frozen=True, slots=True)
+class PageReadConfig:
+    listen_addr: str = field(default="127.0.0.1:51051", metadata=_doc(
+        "gRPC address of the page-read service (page_api.PageService + PageReadExtras)."))
+    advertise_addr: str = field(default="", metadata=_doc(
+        "Address other services use to reach it (empty: listen_addr)."))
+    wait_lsn_timeout: Duration = field(default=Duration(300), metadata=_doc(
+        "How long a read at an LSN not yet ingested waits before it fails."))
+    page_cache_pages: int = field(default=16384, metadata=_doc(
+        "Materialized pages kept in memory (8 KiB each)."))
+
+
+@dataclass(frozen=True, slots=True)
+class RedoConfig:
+    listen_addr: str = field(default="127.0.0.1:51062", metadata=_doc(
+        "gRPC address of the WAL redo service."))
+    advertise_addr: str = field(default="", metadata=_doc(
+        "Address other services use to reach it (empty: listen_addr)."))
+
+
+@dataclass(frozen=True, slots=True)
+class HousekeepingConfig:
+    listen_addr: str = field(default="127.0.0.1:51063", metadata=_doc(
+        "gRPC address of the housekeeping service (tenants, timelines, compaction, GC)."))
+    advertise_addr: str = field(default="", metadata=_doc(
+        "Address other services use to reach it (empty: listen_addr)."))
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    listen_pg_addr: str = field(default="127.0.0.1:64000", metadata=_doc(
+        "libpq address computes connect to (Neon's page service protocol)."))
+    listen_addr: str = field(default="127.0.0.1:51064", metadata=_doc(
+        "gRPC address of the gateway's health service."))
+    advertise_addr: str = field(default="", metadata=_doc(
+        "Address other services use to reach its gRPC port (empty: listen_addr)."))
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = field(default="info", metadata=_doc(
+        "Log level of every service: debug, info, warning or error."))
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteStorageConfig:
+    """One backend: local_path, or an S3 bucket, or an Azure container."""
+
+    local_path: str = ""
+    bucket_name: str = ""
+    bucket_region: str = ""
+    prefix_in_bucket: str = ""
+    container_name: str = ""
+    storage_account: str = ""
+    container_region: str = ""
+    prefix_in_container: str = ""
+    endpoint: str = ""
+
+    @property
+    def kind(self) -> str:
+        if self.local_path:
+            return "local"
+        if self.bucket_name:
+            return "s3"
+        return "azure"
+
+
+_REMOTE_KEYS = {
+    "local": {"local_path"},
+    "s3": {"bucket_name", "bucket_region", "prefix_in_bucket", "endpoint"},
+    "azure": {"container_name", "storage_account", "container_region",
+              "prefix_in_container", "endpoint"},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    pageread: PageReadConfig = field(default_factory=PageReadConfig)
+    redo: RedoConfig = field(default_factory=RedoConfig)
+    housekeeping: HousekeepingConfig = field(default_factory=HousekeepingConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    pg_bin_dir: str = field(default="", metadata=_doc(
+        "Directory of the PostgreSQL 15 binaries (initdb, postgres, pg_ctl).\n"
+        "Empty: found with pg_config, else /usr/lib/postgresql/15/bin."))
+    startup_timeout: Duration = field(default=Duration(60), metadata=_doc(
+        "How long `pagestore start` waits for each service to report SERVING."))
+    shutdown_timeout: Duration = field(default=Duration(20), metadata=_doc(
+        "How long `pagestore stop` waits for a service before it is killed."))
+    remote_storage: RemoteStorageConfig | None = None
+
+    def service_addr(self, service: str) -> str:
+        """The address other services dial to reach ``service``."""
+        section = getattr(self, service)
+        return str(section.advertise_addr or section.listen_addr)
+
+
+SERVICE_SECTIONS = ("ingest", "pageread", "redo", "housekeeping", "gateway")
+
+
+# --------------------------------------------------------------------------- parsing
+
+def _type_name(tp: object) -> str:
+    return {int: "an integer", str: "a string", bool: "a boolean", Duration: "a duration",
+            float: "a number"}.get(tp, str(tp))  # type: ignore[call-overload]
+
+
+def _convert(key: str, tp: object, value: object) -> object:
+    if tp is Duration:
+        try:
+            return Duration.parse(value)
+        except ValueError as e:
+            raise ConfigError(f"config key '{key}': {e}") from None
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ConfigError(f"config key '{key}': must not be negative, got {value}")
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    if tp is bool and isinstance(value, bool):
+        return value
+    raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type[Any], data: Mapping[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in names:
+            raise ConfigError(f"unknown config key '{prefix}{k}'")
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        tp = hints[f.name]
+        key = f"{prefix}{f.name}"
+        if f.name == "remote_storage":
+            kwargs[f.name] = _build_remote(value, key)
+        elif dataclasses.is_dataclass(tp):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config key '{key}': expected a table, got {value!r}")
+            kwargs[f.name] = _build(tp, value, key + ".")  # type: ignore[arg-type]
+        else:
+            kwargs[f.name] = _convert(key, tp, value)
+    return cls(**kwargs)
+
+
+def _build_remote(value: object, key: str) -> RemoteStorageConfig:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"config key '{key}': expected a table, got {value!r}")
+    rs: RemoteStorageConfig = _build(RemoteStorageConfig, value, key + ".")
+    chosen = [k for k in ("local_path", "bucket_name", "container_name") if value.get(k)]
+    if len(chosen) != 1:
+        raise ConfigError(
+            f"config key '{key}': give exactly one of local_path, bucket_name or "
+            f"container_name (got {', '.join(chosen) or 'none'})")
+    allowed = _REMOTE_KEYS[rs.kind]
+    for k, v in value.items():
+        if v and k not in allowed:
+            raise ConfigError(f"config key '{key}.{k}' does not apply to {rs.kind} remote storage")
+    if rs.kind == "s3" and not rs.bucket_region:
+        raise ConfigError(f"config key '{key}.bucket_region' is required with bucket_name")
+    if rs.kind == "azure" and not rs.storage_account:
+        raise ConfigError(f"config key '{key}.storage_account' is required with container_name")
+    return rs
+
+
+def parse_override(arg: str) -> dict[str, Any]:
+    """Parse one ``-c key=value`` argument into a nested dict."""
+    try:
+        return tomllib.loads(arg)
+    except tomllib.TOMLDecodeError:
+        pass
+    key, sep, value = arg.partition("=")
+    key = key.strip()
+    if not sep or not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", key):
+        raise ConfigError(f"cannot parse -c {arg!r}: expected key=value, e.g. log.level='debug'")
+    nested: dict[str, Any] = {}
+    node = nested
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value.strip()
+    return nested
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in override.items():
+        if k == "remote_storage":
+            out[k] = v  # one backend at a time: replace, never mix
+        elif isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _merge(dict(out[k]), v)
+        else:
+            out[k] = v
+    return out
+
+
+def config_from_data(data: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
+    merged = dict(data)
+    for arg in overrides:
+        merged = _merge(merged, parse_override(arg))
+    cfg: Config = _build(Config, merged, "")
+    return cfg
+
+
+def load_config(path: Path | None, overrides: Sequence[str] = ()) -> Config:
+    """Load ``path`` (if it exists) and apply ``overrides``; validate everything."""
+    data: dict[str, Any] = {}
+    if path is not None and path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"cannot parse {path}: {e}") from None
+    return config_from_data(data, overrides)
+
+
+def resolve_workdir(arg: str | None) -> Path:
+    """``--workdir``, else $PAGESTORE_WORKDIR, else ./.pagestore; always absolute."""
+    raw = arg or os.environ.get(WORKDIR_ENV) or DEFAULT_WORKDIR
+    return Path(raw).expanduser().resolve()
+
+
+# --------------------------------------------------------------------------- rendering
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, Duration):
+        return value.to_toml()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return "'" + value + "'" if "'" not in value and "\n" not in value else repr(value)
+    raise TypeError(f"cannot render {value!r}")
+
+
+def _render_fields(obj: object, out: list[str]) -> None:
+    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value) or f.name == "remote_storage":
+            continue
+        for line in f.metadata.get("doc", "").splitlines():
+            out.append(f"# {line}")
+        out.append(f"{f.name} = {_toml_value(value)}")
+
+
+def render_config(cfg: Config) -> str:
+    """The config as TOML with every key spelled out and documented."""
+    out = ["# pagestore configuration: every key with its value; edit and restart.",
+           "# Any key can be overridden on the command line: -c section.key=value", ""]
+    _render_fields(cfg, out)
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, RemoteStorageConfig):
+            out += ["", f"[{f.name}]"]
+            _render_fields(value, out)
+    out += ["", "# Remote storage is off unless this table is present; one backend at a time:"]
+    rs = cfg.remote_storage
+    if rs is None:
+        out += ["# [remote_storage]", "# local_path = '/some/local/path/'", "#",
+                "# [remote_storage]", "# bucket_name = 'b'", "# bucket_region = 'eu-north-1'",
+                "# prefix_in_bucket = '/p/'", "# endpoint = 'http://127.0.0.1:5000'",
+                "#", "# [remote_storage]", "# container_name = 'c'",
+                "# storage_account = 'acct'", "# container_region = 'us-east'",
+                "# prefix_in_container = '/p/'"]
+    else:
+        out.append("[remote_storage]")
+        for f in dataclasses.fields(rs):
+            v = getattr(rs, f.name)
+            if v:
+                out.append(f"{f.name} = {_toml_value(v)}")
+    return "\n".join(out) + "\n"

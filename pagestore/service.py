@@ -1,0 +1,96 @@
+"""The process entry shared by every service: arguments, config, logging, the catalog
+revision check, and the asyncio run loop.
+
+A service module provides ``async def setup(ctx: ServiceContext) -> None`` that adds its
+servicers to ``ctx.grpc`` (and may start background tasks); ``run_service`` does the
+rest.  `pagestore start` launches each service as
+``python -m services.<name>.server --workdir W --config W/run/stack.toml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from pagestore.catalog import schema
+from pagestore.catalog.db import make_engine
+from pagestore.config import Config, load_config
+from pagestore.errors import PagestoreError
+from pagestore.grpcutil import GrpcService
+from pagestore.logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ServiceContext:
+    name: str
+    config: Config
+    workdir: Path
+    grpc: GrpcService
+    catalog: sa.Engine | None = None
+
+
+def _parse_args(name: str, argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=f"pagestore-{name}", description=f"pagestore {name} service")
+    p.add_argument("--workdir", required=True, type=Path)
+    p.add_argument("--config", type=Path, default=None,
+                   help="config file (default: <workdir>/pagestore.toml)")
+    p.add_argument("-c", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return p.parse_args(argv)
+
+
+def open_catalog(config: Config) -> sa.Engine:
+    """Connect to the catalog and refuse to go on at another revision than head."""
+    if not config.catalog.url:
+        raise PagestoreError("catalog.url is empty: `pagestore start` fills it in for a "
+                             "private catalog; set it when running a service by hand")
+    engine = make_engine(config.catalog.url)
+    try:
+        schema.check_revision(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def run_service(name: str, setup: Callable[[ServiceContext], Awaitable[None]], *,
+                uses_catalog: bool, argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(name, argv)
+    workdir = args.workdir.resolve()
+    try:
+        config = load_config(args.config or workdir / "pagestore.toml", args.overrides)
+    except PagestoreError as e:
+        print(f"pagestore {name}: {e.message}", file=sys.stderr)
+        return 2
+    setup_logging(name, config.log.level)
+
+    async def main() -> None:
+        service = GrpcService(name, getattr(config, name).listen_addr)
+        ctx = ServiceContext(name=name, config=config, workdir=workdir, grpc=service)
+        if uses_catalog:
+            ctx.catalog = await asyncio.to_thread(open_catalog, config)
+        try:
+            await setup(ctx)
+            await service.start()
+            await service.run_until_stopped()
+        finally:
+            if ctx.catalog is not None:
+                ctx.catalog.dispose()
+
+    try:
+        asyncio.run(main())
+    except PagestoreError as e:
+        log.error("%s cannot start: %s", name, e.message)
+        return 1
+    except OSError as e:
+        log.error("%s cannot start: %s", name, e)
+        return 1
+    return 0

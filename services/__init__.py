@@ -1,0 +1,1 @@
+"""pagestore services: thin gRPC adapters around the pagestore library."""

@@ -1,0 +1,1 @@
+"""The housekeeping service (see ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""The pageread service (see ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""The redo service (see ARCHITECTURE.md)."""

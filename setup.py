@@ -1,0 +1,51 @@
+"""Build hook: generate the gRPC/protobuf stubs from protos/ into pagestore/proto/.
+
+The stubs are never committed and never hand-edited.  Any install (`pip install .`,
+`pip install -e .`, a wheel build in the Dockerfile) runs `build_py`, which runs protoc
+from grpcio-tools first.  protoc sees protos/ under the virtual path `pagestore/proto`, so
+the generated modules import each other as `pagestore.proto.x_pb2`.  After editing a
+.proto file, re-run `pip install -e .` (or `scripts/setup`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+ROOT = Path(__file__).resolve().parent
+
+
+def generate_stubs() -> None:
+    import grpc_tools
+    from grpc_tools import protoc
+
+    protos = sorted((ROOT / "protos").glob("*.proto"))
+    out = ROOT / "pagestore" / "proto"
+    out.mkdir(exist_ok=True)
+    (out / "__init__.py").write_text(
+        '"""Generated protobuf/gRPC stubs (from protos/, by setup.py). Do not edit."""\n'
+    )
+    well_known = Path(grpc_tools.__file__).parent / "_proto"
+    args = [
+        "grpc_tools.protoc",
+        f"-Ipagestore/proto={ROOT / 'protos'}",
+        f"-I{well_known}",
+        f"--python_out={ROOT}",
+        f"--pyi_out={ROOT}",
+        f"--grpc_python_out={ROOT}",
+        *(str(p) for p in protos),
+    ]
+    if protoc.main(args) != 0:
+        sys.exit("protoc failed: see the messages above")
+
+
+class BuildPyWithStubs(build_py):
+    def run(self) -> None:
+        generate_stubs()
+        super().run()
+
+
+setup(cmdclass={"build_py": BuildPyWithStubs})

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from pagestore import errors
+
+
+def test_every_error_has_code_and_sqlstate() -> None:
+    for name in ("BadRequest", "ProtocolError", "TenantNotFound", "CorruptLayerError",
+                 "UnsupportedWalRecord", "CatalogRevisionMismatch", "LsnTimeout"):
+        cls = errors.error_class(name)
+        assert cls is not None and issubclass(cls, errors.PagestoreError)
+        assert isinstance(cls.grpc_code, grpc.StatusCode)
+        assert len(cls.sqlstate) == 5
+
+
+class _FakeRpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str, cls: str | None) -> None:
+        self._code, self._details = code, details
+        self._md = ((errors.ERROR_CLASS_METADATA_KEY, cls),) if cls else ()
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._md
+
+
+@pytest.mark.parametrize(("code", "cls_name", "expected"), [
+    (grpc.StatusCode.NOT_FOUND, "TenantNotFound", errors.TenantNotFound),
+    (grpc.StatusCode.NOT_FOUND, None, errors.NotFound),
+    (grpc.StatusCode.DATA_LOSS, "CorruptLayerError", errors.CorruptLayerError),
+    (grpc.StatusCode.UNKNOWN, None, errors.PagestoreError),
+    (grpc.StatusCode.INVALID_ARGUMENT, "NoSuchClass", errors.BadRequest),
+])
+def test_from_rpc_error(code: grpc.StatusCode, cls_name: str | None, expected: type) -> None:
+    err = errors.from_rpc_error(_FakeRpcError(code, "tenant x not found", cls_name))
+    assert type(err) is expected
+    assert err.message == "tenant x not found"

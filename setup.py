@@ -9,6 +9,8 @@ the generated modules import each other as `pagestore.proto.x_pb2`.  After editi
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -29,6 +31,11 @@ def generate_stubs() -> None:
         '"""Generated protobuf/gRPC stubs (from protos/, by setup.py). Do not edit."""\n'
     )
     well_known = Path(grpc_tools.__file__).parent / "_proto"
+    # mypy-protobuf's plugin types the *_grpc modules (stubs, servicers, add_*_to_server).
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    mypy_grpc = shutil.which("protoc-gen-mypy_grpc", path=search)
+    if mypy_grpc is None:
+        sys.exit("protoc-gen-mypy_grpc not found: install mypy-protobuf (a build requirement)")
     args = [
         "grpc_tools.protoc",
         f"-Ipagestore/proto={ROOT / 'protos'}",
@@ -36,6 +43,8 @@ def generate_stubs() -> None:
         f"--python_out={ROOT}",
         f"--pyi_out={ROOT}",
         f"--grpc_python_out={ROOT}",
+        f"--plugin=protoc-gen-mypy_grpc={mypy_grpc}",
+        f"--mypy_grpc_out={ROOT}",
         *(str(p) for p in protos),
     ]
     if protoc.main(args) != 0:

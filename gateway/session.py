@@ -13,12 +13,15 @@ feature_not_supported naming the command.
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from pagestore.errors import PagestoreError, ProtocolError
 from pagestore.pg import wire
 from pagestore.pg.wire import FrontendMessage, StartupKind
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger(__name__)
 

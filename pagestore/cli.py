@@ -12,8 +12,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -22,6 +21,9 @@ from pagestore.errors import BadRequest, ConfigError, PagestoreError, Unavailabl
 from pagestore.ids import TenantId, TimelineId
 from pagestore.lsn import Lsn
 from pagestore.stack import Stack
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 log = logging.getLogger("pagestore.cli")
 

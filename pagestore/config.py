@@ -182,18 +182,20 @@ class Config:
 
     def service_addr(self, service: str) -> str:
         """The address other services dial to reach ``service``."""
-        section = getattr(self, service)
-        return str(section.advertise_addr or section.listen_addr)
+        section: ServiceSection = getattr(self, service)
+        return section.advertise_addr or section.listen_addr
 
 
 SERVICE_SECTIONS = ("ingest", "pageread", "redo", "housekeeping", "gateway")
+ServiceSection = IngestConfig | PageReadConfig | RedoConfig | HousekeepingConfig | GatewayConfig
 
 
 # --------------------------------------------------------------------------- parsing
 
 def _type_name(tp: object) -> str:
-    return {int: "an integer", str: "a string", bool: "a boolean", Duration: "a duration",
-            float: "a number"}.get(tp, str(tp))  # type: ignore[call-overload]
+    names: dict[object, str] = {int: "an integer", str: "a string", bool: "a boolean",
+                                Duration: "a duration", float: "a number"}
+    return names.get(tp, str(tp))
 
 
 def _convert(key: str, tp: object, value: object) -> object:

@@ -149,7 +149,8 @@ def from_rpc_error(err: grpc.RpcError) -> PagestoreError:
     message = details or str(err)
     cls: type[PagestoreError] | None = None
     trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
-    for key, value in trailing or ():
+    for item in trailing or ():
+        key, value = item.key, item.value
         if key == ERROR_CLASS_METADATA_KEY and isinstance(value, str):
             cls = error_class(value)
     if cls is None:

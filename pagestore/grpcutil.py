@@ -17,14 +17,16 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from pagestore.errors import ERROR_CLASS_METADATA_KEY, PagestoreError
 from pagestore.logs import request_var, tenant_var, timeline_var
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +93,17 @@ def _wrap_stream(behavior: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Maps PagestoreError to gRPC statuses and sets the per-request log context."""
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler

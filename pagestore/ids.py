@@ -46,12 +46,14 @@ class _Id16:
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        return self._bytes == other._bytes  # type: ignore[attr-defined]
+        assert isinstance(other, _Id16)
+        return self._bytes == other._bytes
 
     def __lt__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        return self._bytes < other._bytes  # type: ignore[attr-defined]
+        assert isinstance(other, _Id16)
+        return self._bytes < other._bytes
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, self._bytes))

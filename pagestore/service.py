@@ -13,11 +13,9 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import sqlalchemy as sa
+from typing import TYPE_CHECKING
 
 from pagestore.catalog import schema
 from pagestore.catalog.db import make_engine
@@ -25,6 +23,11 @@ from pagestore.config import Config, load_config
 from pagestore.errors import PagestoreError
 from pagestore.grpcutil import GrpcService
 from pagestore.logs import setup_logging
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
+    import sqlalchemy as sa
 
 log = logging.getLogger(__name__)
 

@@ -201,7 +201,7 @@ class Stack:
 
     def _spawn(self, name: str) -> subprocess.Popen[bytes]:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        logf = open(self.logs_dir / f"{name}.log", "ab")  # noqa: SIM115 (the child keeps it)
+        logf = open(self.logs_dir / f"{name}.log", "ab")
         try:
             return subprocess.Popen(
                 [sys.executable, "-m", SERVICE_MODULES[name], "--workdir", str(self.workdir),

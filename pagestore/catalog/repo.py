@@ -7,16 +7,21 @@ values so nothing outside this module holds an ORM object.
 
 from __future__ import annotations
 
-import datetime
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
 
 from pagestore.catalog.models import Tenant, Timeline
 from pagestore.errors import AlreadyExists, TenantNotFound, TimelineNotFound
 from pagestore.ids import TenantId, TimelineId
-from pagestore.lsn import Lsn
+
+if TYPE_CHECKING:
+    import datetime
+
+    from sqlalchemy.orm import Session
+
+    from pagestore.lsn import Lsn
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from pagestore.catalog.repo import TenantRecord, TimelineRecord
 from pagestore.errors import BadRequest
 from pagestore.ids import TenantId, TimelineId
 from pagestore.proto import common_pb2, housekeeping_pb2, housekeeping_pb2_grpc
 from pagestore.service import ServiceContext, run_service
 from services.housekeeping.tenants import TenantManager
+
+if TYPE_CHECKING:
+    from pagestore.catalog.repo import TenantRecord, TimelineRecord
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -64,17 +66,17 @@ class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
     def __init__(self, tenants: TenantManager) -> None:
         self.tenants = tenants
 
-    async def CreateTenant(self, request: housekeeping_pb2.CreateTenantRequest,  # noqa: N802
+    async def CreateTenant(self, request: housekeeping_pb2.CreateTenantRequest,
                            context: Context) -> housekeeping_pb2.TenantInfo:
         tid = parse_tenant_id(request.tenant_id) if request.tenant_id else None
         return tenant_info(await asyncio.to_thread(self.tenants.create_tenant, tid))
 
-    async def ListTenants(self, request: housekeeping_pb2.ListTenantsRequest,  # noqa: N802
+    async def ListTenants(self, request: housekeeping_pb2.ListTenantsRequest,
                           context: Context) -> housekeeping_pb2.ListTenantsResponse:
         recs = await asyncio.to_thread(self.tenants.list_tenants)
         return housekeeping_pb2.ListTenantsResponse(tenants=[tenant_info(r) for r in recs])
 
-    async def CreateTimeline(self, request: housekeeping_pb2.CreateTimelineRequest,  # noqa: N802
+    async def CreateTimeline(self, request: housekeeping_pb2.CreateTimelineRequest,
                              context: Context) -> housekeeping_pb2.TimelineInfo:
         tid = parse_tenant_id(request.tenant_id)
         tlid = parse_timeline_id(request.timeline_id) if request.timeline_id else None
@@ -83,13 +85,13 @@ class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
                                       wal_source=request.wal_source or None)
         return timeline_info(rec)
 
-    async def ListTimelines(self, request: housekeeping_pb2.ListTimelinesRequest,  # noqa: N802
+    async def ListTimelines(self, request: housekeeping_pb2.ListTimelinesRequest,
                             context: Context) -> housekeeping_pb2.ListTimelinesResponse:
         recs = await asyncio.to_thread(self.tenants.list_timelines,
                                        parse_tenant_id(request.tenant_id))
         return housekeeping_pb2.ListTimelinesResponse(timelines=[timeline_info(r) for r in recs])
 
-    async def GetTimeline(self, request: common_pb2.TimelineRef,  # noqa: N802
+    async def GetTimeline(self, request: common_pb2.TimelineRef,
                           context: Context) -> housekeeping_pb2.TimelineInfo:
         rec = await asyncio.to_thread(self.tenants.get_timeline,
                                       parse_tenant_id(request.tenant_id),

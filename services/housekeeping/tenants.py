@@ -9,14 +9,17 @@ always has its directory.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-
-import sqlalchemy as sa
+from typing import TYPE_CHECKING
 
 from pagestore.catalog import repo
 from pagestore.catalog.db import make_sessionmaker
 from pagestore.errors import BadRequest
 from pagestore.ids import TenantId, TimelineId
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import sqlalchemy as sa
 
 log = logging.getLogger(__name__)
 

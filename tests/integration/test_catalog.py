@@ -10,7 +10,12 @@ from alembic import command
 
 from pagestore.catalog import repo, schema
 from pagestore.catalog.db import make_engine, make_sessionmaker
-from pagestore.errors import AlreadyExists, CatalogRevisionMismatch, TenantNotFound, TimelineNotFound
+from pagestore.errors import (
+    AlreadyExists,
+    CatalogRevisionMismatch,
+    TenantNotFound,
+    TimelineNotFound,
+)
 from pagestore.ids import TenantId, TimelineId
 from pagestore.lsn import Lsn
 

@@ -44,7 +44,7 @@ def test_unknown_key_is_named(override: str, key: str) -> None:
 def test_unknown_key_in_file_is_named(tmp_path: Path) -> None:
     path = tmp_path / "pagestore.toml"
     path.write_text("[pageread]\nwait_lsn_timeot = '1s'\n")
-    with pytest.raises(ConfigError, match="'pageread.wait_lsn_timeot'"):
+    with pytest.raises(ConfigError, match=r"'pageread\.wait_lsn_timeot'"):
         load_config(path)
 
 

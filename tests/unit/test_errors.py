@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import grpc
 import pytest
 
@@ -15,10 +17,15 @@ def test_every_error_has_code_and_sqlstate() -> None:
         assert len(cls.sqlstate) == 5
 
 
+class _Metadatum(NamedTuple):  # what grpc's trailing_metadata() yields
+    key: str
+    value: str
+
+
 class _FakeRpcError(grpc.RpcError):
     def __init__(self, code: grpc.StatusCode, details: str, cls: str | None) -> None:
         self._code, self._details = code, details
-        self._md = ((errors.ERROR_CLASS_METADATA_KEY, cls),) if cls else ()
+        self._md = (_Metadatum(errors.ERROR_CLASS_METADATA_KEY, cls),) if cls else ()
 
     def code(self) -> grpc.StatusCode:
         return self._code
@@ -26,7 +33,7 @@ class _FakeRpcError(grpc.RpcError):
     def details(self) -> str:
         return self._details
 
-    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+    def trailing_metadata(self) -> tuple[_Metadatum, ...]:
         return self._md
 
 

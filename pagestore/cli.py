@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", required=True, help="tenant id")
     p.add_argument("--json", action="store_true")
 
+    p = cmds.add_parser("waldump", parents=[common],
+                        help="decode WAL segment files; one JSON object per record")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="a pg_wal directory or segment files")
+    p.add_argument("--start", help="first LSN (X/Y); default: the start of the first segment")
+    p.add_argument("--end", help="stop before this LSN (X/Y); default: the end of the WAL")
+    p.add_argument("--timeline", type=int, help="timeline of the segment files (default: lowest)")
+
     catalog = cmds.add_parser("catalog", parents=[common], help="the catalog database")
     ccmds = catalog.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
     p = ccmds.add_parser("upgrade", parents=[common], help="run the Alembic migrations")
@@ -231,9 +238,33 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lsn_arg(text: str | None, option: str) -> Lsn | None:
+    if text is None:
+        return None
+    try:
+        return Lsn.parse(text)
+    except ValueError as e:
+        raise BadRequest(f"{option}: {e}") from None
+
+
+def cmd_waldump(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pagestore.pg.walfiles import find_segments, read_wal_records, record_summary
+
+    segments = find_segments([Path(p) for p in args.paths], args.timeline)
+    out = sys.stdout
+    for rec in read_wal_records(segments, _lsn_arg(args.start, "--start"),
+                                _lsn_arg(args.end, "--end")):
+        out.write(json.dumps(record_summary(rec), separators=(", ", ": ")))
+        out.write("\n")
+    return 0
+
+
 COMMANDS = {
     "init": cmd_init, "start": cmd_start, "stop": cmd_stop, "status": cmd_status,
     "tenant": cmd_tenant, "timeline": cmd_timeline, "catalog": cmd_catalog,
+    "waldump": cmd_waldump,
 }
 
 
@@ -254,6 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `pagestore waldump ... | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from pagestore.catalog.models import Tenant, Timeline
+from pagestore.catalog.models import Layer, Tenant, Timeline
 from pagestore.errors import AlreadyExists, TenantNotFound, TimelineNotFound
 from pagestore.ids import TenantId, TimelineId
 
@@ -120,4 +120,65 @@ def list_timelines(session: Session, tenant_id: TenantId) -> list[TimelineRecord
     get_tenant(session, tenant_id)
     rows = session.scalars(sa.select(Timeline).where(Timeline.tenant_id == str(tenant_id))
                            .order_by(Timeline.created_at, Timeline.timeline_id))
+    return [_timeline_record(r) for r in rows]
+
+
+# --------------------------------------------------------------------------- layers
+
+@dataclass(frozen=True, slots=True)
+class LayerRecord:
+    """A registered layer file (a row of ``layers``)."""
+
+    kind: str
+    level: int
+    key_start: bytes
+    key_end: bytes
+    lsn_start: Lsn
+    lsn_end: Lsn
+    file_name: str
+    file_size: int
+    checksum: int
+
+
+def _layer_record(row: Layer) -> LayerRecord:
+    return LayerRecord(row.kind, row.level, bytes(row.key_start), bytes(row.key_end),
+                       row.lsn_start, row.lsn_end, row.file_name, row.file_size, row.checksum)
+
+
+def add_layer(session: Session, tenant_id: TenantId, timeline_id: TimelineId,
+              layer: LayerRecord) -> None:
+    session.add(Layer(tenant_id=str(tenant_id), timeline_id=str(timeline_id), kind=layer.kind,
+                      level=layer.level, key_start=layer.key_start, key_end=layer.key_end,
+                      lsn_start=layer.lsn_start, lsn_end=layer.lsn_end,
+                      file_name=layer.file_name, file_size=layer.file_size,
+                      checksum=layer.checksum))
+
+
+def list_layers(session: Session, tenant_id: TenantId, timeline_id: TimelineId) -> list[LayerRecord]:
+    rows = session.scalars(
+        sa.select(Layer).where(Layer.tenant_id == str(tenant_id),
+                               Layer.timeline_id == str(timeline_id),
+                               Layer.local_state != "deleted")
+        .order_by(Layer.lsn_end, Layer.file_name))
+    return [_layer_record(r) for r in rows]
+
+
+def update_timeline(session: Session, tenant_id: TenantId, timeline_id: TimelineId,
+                    **fields: object) -> None:
+    """Set columns of a timeline row (LSNs, state, ...) and bump updated_at."""
+    allowed = {"state", "wal_source", "min_readable_lsn", "last_record_lsn", "prev_record_lsn",
+               "disk_consistent_lsn", "remote_consistent_lsn", "gc_cutoff_lsn"}
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValueError(f"cannot update timeline columns {sorted(unknown)}")
+    result = session.execute(
+        sa.update(Timeline)
+        .where(Timeline.tenant_id == str(tenant_id), Timeline.timeline_id == str(timeline_id))
+        .values(**fields, updated_at=sa.func.now()))
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise TimelineNotFound(f"timeline {timeline_id} of tenant {tenant_id} not found")
+
+
+def list_all_timelines(session: Session) -> list[TimelineRecord]:
+    rows = session.scalars(sa.select(Timeline).order_by(Timeline.tenant_id, Timeline.timeline_id))
     return [_timeline_record(r) for r in rows]

@@ -1,0 +1,109 @@
+"""Workloads that write interesting WAL on a started PgCluster, for WAL and redo tests.
+
+- ``run_pgbench``: ``pgbench -i -s <scale>`` then a TPC-B-like run against ``postgres``.
+- ``run_maintenance``: maintenance.sql beside this file (DDL, TRUNCATE, VACUUM [FULL],
+  CREATE DATABASE with both strategies, sequences, TOAST, subtransactions, two-phase
+  commit, multixacts, an unlogged table, a final CHECKPOINT); its header lists what it
+  leaves behind.
+- ``current_lsn``, ``switch_and_checkpoint``: WAL positions to bracket a workload with.
+
+Clients are the real pgbench and psql of the cluster's bin_dir, run as subprocesses over
+TCP to 127.0.0.1 (the servers have no Unix socket); a non-zero exit raises
+WorkloadError with the client's output.  Nothing here sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from pagestore.pg.cluster import PgCluster
+
+MAINTENANCE_SQL = Path(__file__).with_name("maintenance.sql")
+
+
+class WorkloadError(Exception):
+    """A workload client (pgbench, psql) failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class PgbenchResult:
+    scale: int
+    clients: int
+    transactions_per_client: int
+    processed: int  # "number of transactions actually processed"
+    output: str
+
+
+def _client_env(cluster: PgCluster) -> dict[str, str]:
+    env = {**os.environ, "LC_ALL": "C", "PGAPPNAME": "pagestore-workload"}
+    if cluster.password is not None:
+        env["PGPASSWORD"] = cluster.password
+    return env
+
+
+def _connection_args(cluster: PgCluster) -> list[str]:
+    return ["-h", "127.0.0.1", "-p", str(cluster.port), "-U", cluster.user]
+
+
+def _run_client(cluster: PgCluster, argv: list[str], timeout: float) -> str:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, env=_client_env(cluster),
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:
+        raise WorkloadError(f"{' '.join(argv)} timed out after {timeout}s") from e
+    if proc.returncode != 0:
+        raise WorkloadError(f"{' '.join(argv)} exited {proc.returncode}:\n"
+                            f"{proc.stderr.strip()}\n{proc.stdout[-2000:].strip()}".rstrip())
+    return proc.stdout + proc.stderr
+
+
+def run_pgbench(cluster: PgCluster, scale: int, transactions: int, clients: int = 4,
+                jobs: int = 2, *, checkpoint_before_run: bool = True,
+                timeout: float = 600) -> PgbenchResult:
+    """Initialize pgbench at ``scale`` and run about ``transactions`` TPC-B transactions.
+
+    Each of the ``clients`` runs ``transactions // clients`` (at least 1) transactions.
+    With ``checkpoint_before_run`` a CHECKPOINT separates initialization from the run,
+    so the run's first change to every page carries a full-page image, as in production.
+    """
+    pgbench = cluster.bin("pgbench")
+    _run_client(cluster, [pgbench, "-i", "-s", str(scale), *_connection_args(cluster),
+                          "postgres"], timeout)
+    if checkpoint_before_run:
+        cluster.psql("CHECKPOINT")
+    per_client = max(1, transactions // clients)
+    out = _run_client(cluster, [pgbench, "-c", str(clients), "-j", str(jobs), "-t",
+                                str(per_client), *_connection_args(cluster), "postgres"],
+                      timeout)
+    m = re.search(r"number of transactions actually processed: (\d+)", out)
+    if m is None:
+        raise WorkloadError(f"pgbench printed no transaction count:\n{out}")
+    return PgbenchResult(scale, clients, per_client, int(m[1]), out)
+
+
+def run_maintenance(cluster: PgCluster, timeout: float = 300) -> str:
+    """Run maintenance.sql with psql (ON_ERROR_STOP, no single transaction); its output."""
+    return _run_client(cluster, [cluster.bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+                                 *_connection_args(cluster), "-d", "postgres",
+                                 "-f", str(MAINTENANCE_SQL)], timeout)
+
+
+def current_lsn(cluster: PgCluster) -> str:
+    """pg_current_wal_lsn(): how far WAL has been written out, ``X/Y``."""
+    return cluster.psql("SELECT pg_current_wal_lsn()")
+
+
+def switch_and_checkpoint(cluster: PgCluster) -> str:
+    """pg_switch_wal() then CHECKPOINT; returns pg_current_wal_lsn() afterwards.
+
+    The switch ends the current segment (the next record starts a new one) and the
+    checkpoint moves the redo pointer, so the next change to any page logs a full-page
+    image.
+    """
+    cluster.psql("SELECT pg_switch_wal()")
+    cluster.psql("CHECKPOINT")
+    return current_lsn(cluster)

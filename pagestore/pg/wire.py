@@ -240,3 +240,168 @@ def parse_error_fields(body: bytes) -> dict[str, str]:
         value, i = cstring(body, i + 1)
         out[code] = value
     return out
+
+
+# --------------------------------------------------------------------------- frontend role
+#
+# What a client (pagestore.pg.replication) needs: the messages it sends, and parsers for
+# the backend messages it receives.  AUTH_REQ_* codes mirror src/include/libpq/pqcomm.h.
+
+INT64 = struct.Struct("!q")
+UINT64 = struct.Struct("!Q")
+FIELD_DESCRIPTION = struct.Struct("!IhIhih")  # table oid, attnum, type oid, typlen, typmod, format
+COPY_RESPONSE_HEADER = struct.Struct("!bh")  # overall format (0 text, 1 binary), column count
+
+
+class AuthRequest(enum.IntEnum):
+    """The Int32 code that opens every AuthenticationXXX ('R') message."""
+
+    OK = 0
+    KRB5 = 2
+    CLEARTEXT_PASSWORD = 3
+    CRYPT = 4
+    MD5 = 5
+    SCM_CREDS = 6
+    GSS = 7
+    GSS_CONTINUE = 8
+    SSPI = 9
+    SASL = 10
+    SASL_CONTINUE = 11
+    SASL_FINAL = 12
+
+
+@dataclass(frozen=True, slots=True)
+class FieldDescription:
+    """One column of a RowDescription ('T') message."""
+
+    name: str
+    table_oid: int
+    column_number: int
+    type_oid: int
+    type_size: int
+    type_modifier: int
+    format_code: int
+
+
+def password_message(password: str | bytes) -> bytes:
+    """PasswordMessage ('p'): a cleartext or MD5-hashed password, NUL-terminated."""
+    raw = password.encode() if isinstance(password, str) else password
+    return message(FrontendMessage.PASSWORD.value, raw + b"\x00")
+
+
+def sasl_initial_response(mechanism: str, data: bytes) -> bytes:
+    """SASLInitialResponse ('p'): mechanism name, Int32 length of data, data."""
+    return message(FrontendMessage.PASSWORD.value,
+                   mechanism.encode() + b"\x00" + INT32.pack(len(data)) + data)
+
+
+def sasl_response(data: bytes) -> bytes:
+    """SASLResponse ('p'): the mechanism's data, no length prefix."""
+    return message(FrontendMessage.PASSWORD.value, data)
+
+
+def copy_data(data: Buffer) -> bytes:
+    return message(FrontendMessage.COPY_DATA.value, data)
+
+
+def copy_done() -> bytes:
+    return message(FrontendMessage.COPY_DONE.value)
+
+
+def copy_fail(reason: str) -> bytes:
+    return message(FrontendMessage.COPY_FAIL.value, reason.encode() + b"\x00")
+
+
+def terminate() -> bytes:
+    return message(FrontendMessage.TERMINATE.value)
+
+
+def parse_authentication(body: bytes) -> tuple[int, bytes]:
+    """An Authentication ('R') message: its AUTH_REQ code and the bytes after it."""
+    if len(body) < INT32.size:
+        raise ProtocolError(f"Authentication message is {len(body)} bytes, shorter than its code")
+    (code,) = INT32.unpack_from(body, 0)
+    return code, body[INT32.size:]
+
+
+def parse_sasl_mechanisms(data: bytes) -> list[str]:
+    """AuthenticationSASL's list: NUL-terminated names ending with an empty name."""
+    names: list[str] = []
+    offset = 0
+    while True:
+        name, offset = cstring(data, offset)
+        if not name:
+            return names
+        names.append(name)
+
+
+def parse_parameter_status(body: bytes) -> tuple[str, str]:
+    name, offset = cstring(body)
+    value, _ = cstring(body, offset)
+    return name, value
+
+
+def parse_backend_key_data(body: bytes) -> tuple[int, int]:
+    """BackendKeyData ('K'): process id and secret key."""
+    if len(body) != 2 * INT32.size:
+        raise ProtocolError(f"BackendKeyData is {len(body)} bytes, expected 8")
+    pid, key = struct.unpack("!ii", body)
+    return pid, key
+
+
+def parse_row_description(body: bytes) -> list[FieldDescription]:
+    if len(body) < INT16.size:
+        raise ProtocolError("RowDescription is shorter than its field count")
+    (count,) = INT16.unpack_from(body, 0)
+    if count < 0:
+        raise ProtocolError(f"RowDescription has a negative field count {count}")
+    offset = INT16.size
+    fields: list[FieldDescription] = []
+    for i in range(count):
+        name, offset = cstring(body, offset)
+        if offset + FIELD_DESCRIPTION.size > len(body):
+            raise ProtocolError(f"RowDescription field {i} ({name!r}) is truncated")
+        fields.append(FieldDescription(name, *FIELD_DESCRIPTION.unpack_from(body, offset)))
+        offset += FIELD_DESCRIPTION.size
+    if offset != len(body):
+        raise ProtocolError(
+            f"RowDescription has {len(body) - offset} bytes after its {count} fields")
+    return fields
+
+
+def parse_data_row(body: bytes) -> list[bytes | None]:
+    """DataRow ('D'): each column's raw value, None for SQL NULL (length -1)."""
+    if len(body) < INT16.size:
+        raise ProtocolError("DataRow is shorter than its column count")
+    (count,) = INT16.unpack_from(body, 0)
+    if count < 0:
+        raise ProtocolError(f"DataRow has a negative column count {count}")
+    offset = INT16.size
+    values: list[bytes | None] = []
+    for i in range(count):
+        if offset + INT32.size > len(body):
+            raise ProtocolError(f"DataRow column {i} length is truncated")
+        (length,) = INT32.unpack_from(body, offset)
+        offset += INT32.size
+        if length == -1:
+            values.append(None)
+            continue
+        if length < 0 or offset + length > len(body):
+            raise ProtocolError(f"DataRow column {i} has invalid length {length}")
+        values.append(body[offset:offset + length])
+        offset += length
+    if offset != len(body):
+        raise ProtocolError(f"DataRow has {len(body) - offset} bytes after its {count} columns")
+    return values
+
+
+def parse_copy_response(body: bytes) -> tuple[int, list[int]]:
+    """CopyIn/CopyOut/CopyBothResponse: overall format and per-column format codes."""
+    if len(body) < COPY_RESPONSE_HEADER.size:
+        raise ProtocolError("copy response is shorter than its header")
+    overall, count = COPY_RESPONSE_HEADER.unpack_from(body, 0)
+    if count < 0 or len(body) != COPY_RESPONSE_HEADER.size + count * INT16.size:
+        raise ProtocolError(f"copy response has {len(body)} bytes for {count} columns")
+    formats = [INT16.unpack_from(body, COPY_RESPONSE_HEADER.size + i * INT16.size)[0]
+               for i in range(count)]
+    return overall, formats

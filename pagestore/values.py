@@ -19,6 +19,12 @@ A value is a page image, or a record that changes the previous version of its ke
     0x06 TruncateVm              trunc_byte u32, trunc_offs u8: clear map bits from there
                                  on this (new last) VM page (smgr truncate, no LSN change)
     0x07 FsmTruncate             first_removed_slot u32: fsm_truncate_avail on this page
+    0x08 Materialize             has_image u8, [image_len u32, image], n u32, then n x
+                                 (lsn u64, len u32, value): a self-contained chain (a base
+                                 image and the values after it) that redo applies in
+                                 order; will_init.  Written where a page is copied as of
+                                 an LSN (CREATE DATABASE ... FILE_COPY) without
+                                 reconstructing it during ingest.
 
 Metadata keys (sizes, directories, relmap, checkpoint, control file, twophase) only ever
 hold Image values; an empty Image means "absent" (a tombstone).
@@ -42,6 +48,7 @@ TAG_SLRU_WRITE_U32 = 0x04
 TAG_MULTIXACT_MEMBERS = 0x05
 TAG_TRUNCATE_VM = 0x06
 TAG_FSM_TRUNCATE = 0x07
+TAG_MATERIALIZE = 0x08
 
 NO_BLOCK = 0xFFFF_FFFF
 
@@ -58,6 +65,8 @@ TRIPLE = struct.Struct("<III")
 # TruncateVm: tag u8, trunc_byte u32, trunc_offs u8
 TRUNCATE_VM = struct.Struct("<BIB")
 FSM_TRUNCATE = struct.Struct("<BI")
+# Materialize entry header: lsn u64, len u32
+CHAIN_ENTRY = struct.Struct("<QI")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +110,13 @@ class FsmTruncate:
     first_removed_slot: int
 
 
-Record = PgRecord | ClearVmBits | ClogSetStatus | SlruWriteU32 | MultixactMembers | TruncateVm | FsmTruncate
+@dataclass(frozen=True, slots=True)
+class Materialize:
+    image: bytes | None
+    values: tuple[tuple[int, bytes], ...]  # (lsn, encoded value), oldest first
+
+
+Record = Materialize | PgRecord | ClearVmBits | ClogSetStatus | SlruWriteU32 | MultixactMembers | TruncateVm | FsmTruncate
 
 
 # --------------------------------------------------------------------------- encode
@@ -140,6 +155,18 @@ def fsm_truncate(first_removed_slot: int) -> bytes:
     return FSM_TRUNCATE.pack(TAG_FSM_TRUNCATE, first_removed_slot)
 
 
+def materialize(image: bytes | None, chain: list[tuple[int, bytes]]) -> bytes:
+    parts = [bytes([TAG_MATERIALIZE, 1 if image is not None else 0])]
+    if image is not None:
+        parts.append(U32.pack(len(image)))
+        parts.append(image)
+    parts.append(U32.pack(len(chain)))
+    for lsn, value in chain:
+        parts.append(CHAIN_ENTRY.pack(lsn, len(value)))
+        parts.append(value)
+    return b"".join(parts)
+
+
 # --------------------------------------------------------------------------- decode
 
 def is_image(value: bytes) -> bool:
@@ -155,7 +182,7 @@ def will_init(value: bytes) -> bool:
         return True
     if tag == TAG_PG_RECORD:
         return bool(value[1] & 1)
-    return False
+    return tag == TAG_MATERIALIZE
 
 
 def image_bytes(value: bytes) -> bytes:
@@ -198,6 +225,29 @@ def decode_record_value(value: bytes) -> Record:
         if tag == TAG_FSM_TRUNCATE:
             _, slot = FSM_TRUNCATE.unpack(value)
             return FsmTruncate(slot)
+        if tag == TAG_MATERIALIZE:
+            pos = 2
+            image: bytes | None = None
+            if value[1]:
+                (n,) = U32.unpack_from(value, pos)
+                image = value[pos + 4:pos + 4 + n]
+                if len(image) != n:
+                    raise CorruptionError("Materialize value: truncated image")
+                pos += 4 + n
+            (count,) = U32.unpack_from(value, pos)
+            pos += 4
+            chain = []
+            for _ in range(count):
+                lsn, n = CHAIN_ENTRY.unpack_from(value, pos)
+                pos += CHAIN_ENTRY.size
+                item = value[pos:pos + n]
+                if len(item) != n:
+                    raise CorruptionError("Materialize value: truncated entry")
+                chain.append((lsn, item))
+                pos += n
+            if pos != len(value):
+                raise CorruptionError("Materialize value has trailing bytes")
+            return Materialize(image, tuple(chain))
     except (struct.error, IndexError) as e:
         raise CorruptionError(f"malformed value (tag {value[:1].hex()}): {e}") from None
     raise CorruptionError(f"unknown value tag {value[:1].hex() or 'none'}")

@@ -29,9 +29,14 @@ class InMemoryLayer:
     end_lsn: Lsn | None = None
     # key bytes -> ([lsn...], [value...]) kept as two parallel lists for bisect
     entries: dict[bytes, tuple[list[int], list[bytes]]] = field(default_factory=dict)
+    prev_record_lsn: Lsn = Lsn.INVALID  # start of the last record, set when frozen
     value_bytes: int = 0
     count: int = 0
     created: float = field(default_factory=time.monotonic)
+
+    @property
+    def lsn_start(self) -> Lsn:
+        return self.start_lsn
 
     def put(self, key: Key, lsn: Lsn, value: bytes) -> None:
         assert self.end_lsn is None, "put into a frozen layer"

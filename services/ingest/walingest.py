@@ -205,8 +205,9 @@ def fsm_logical_to_physical(logpageno: int, level: int) -> int:
 class WalIngest:
     """Turns decoded records into values, keeping ``state`` current.
 
-    ``read_page(key, lsn)`` returns a page as of an LSN; it is needed only for CREATE
-    DATABASE ... STRATEGY FILE_COPY, which copies every page of the source database.
+    ``read_page(key, lsn)`` returns a self-sufficient value (an image or a Materialize
+    chain) for a key as of an LSN; it is needed only for CREATE DATABASE ... STRATEGY
+    FILE_COPY, which copies every page of the source database.
     """
 
     def __init__(self, state: TimelineState, read_page: PageReader | None = None) -> None:
@@ -509,7 +510,8 @@ class WalIngest:
         st.dbdir[dst] = has_relmap
         batch.put_meta(dbdir_key(), metadata.encode_dbdir(st.dbdir))
         if has_relmap:
-            batch.put_meta(relmap_key(*dst), self.read_page(relmap_key(*src), rec.lsn))
+            batch.put_meta(relmap_key(*dst),
+                           values.image_bytes(self.read_page(relmap_key(*src), rec.lsn)))
         rels = set(st.reldirs.get(src, set()))
         st.reldirs[dst] = rels
         batch.put_meta(rel_dir_key(*dst), metadata.encode_reldir(rels))
@@ -518,8 +520,8 @@ class WalIngest:
             dst_rel = RelTag(dst[0], dst[1], relnode, fork)
             n = st.relsizes.get(src_rel, 0)
             for blkno in range(n):
-                page = self.read_page(rel_block_key(src_rel, blkno), rec.lsn)
-                batch.put(rel_block_key(dst_rel, blkno), values.image(page))
+                batch.put(rel_block_key(dst_rel, blkno),
+                          self.read_page(rel_block_key(src_rel, blkno), rec.lsn))
             self._set_rel_size(batch, dst_rel, n)
 
     def _clog(self, batch: _Batch, rec: DecodedRecord) -> None:

@@ -1,0 +1,211 @@
+"""TimelineIngest: one timeline's WAL -> open layer -> L0 delta layer files -> catalog.
+
+Rules (ARCHITECTURE.md, "Durability rules"):
+- Records are ingested in LSN order into the open InMemoryLayer; ``last_record_lsn``
+  follows the end of the last record.
+- The open layer is frozen at ``checkpoint_distance`` bytes of WAL or after
+  ``checkpoint_timeout``; a frozen layer covers [start, last_record_lsn + 1).  It is
+  written to an L0 delta layer file (fsynced), then the file and the new
+  disk_consistent_lsn (= its end - 1) are registered in the catalog in one transaction.
+  Only then is the frozen layer dropped, and only disk_consistent_lsn may be reported
+  to the WAL source as flushed.
+- After a crash, ``TimelineIngest.load`` rebuilds the metadata state from the layer
+  files at disk_consistent_lsn; streaming restarts there, so nothing is lost and nothing
+  is stored twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pagestore import metadata, values
+from pagestore.catalog import repo
+from pagestore.errors import NotFound
+from pagestore.keys import (
+    KEY_MAX,
+    KEY_MIN,
+    Key,
+    RelTag,
+    SlruKind,
+    checkpoint_key,
+    controlfile_key,
+    dbdir_key,
+    rel_dir_key,
+    rel_size_key,
+    slru_dir_key,
+    slru_segment_size_key,
+    twophase_dir_key,
+)
+from pagestore.layers.delta import DeltaLayerWriter
+from pagestore.layers.layermap import LayerMap
+from pagestore.lsn import Lsn
+from pagestore.pg.controlfile import CheckPoint
+from services.ingest.inmemory import InMemoryLayer
+from services.ingest.walingest import TimelineState, WalIngest
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from pagestore.ids import TenantId, TimelineId
+    from pagestore.pg.xlogrecord import DecodedRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestSettings:
+    checkpoint_distance: int
+    checkpoint_timeout: float
+
+
+def load_state(layers: LayerMap, lsn: Lsn) -> TimelineState:
+    """The metadata of a timeline as of ``lsn``, read back from its layers."""
+    st = TimelineState()
+    raw = layers.get_image(dbdir_key(), lsn)
+    st.dbdir = metadata.decode_dbdir(raw) if raw else {}
+    for spc, db in st.dbdir:
+        raw = layers.get_image(rel_dir_key(spc, db), lsn)
+        rels = metadata.decode_reldir(raw) if raw else set()
+        st.reldirs[(spc, db)] = rels
+        for relnode, fork in rels:
+            rel = RelTag(spc, db, relnode, fork)
+            size = layers.get_image(rel_size_key(rel), lsn)
+            st.relsizes[rel] = metadata.decode_nblocks(size) if size else 0
+    for kind in SlruKind:
+        raw = layers.get_image(slru_dir_key(kind), lsn)
+        st.slru_dirs[kind] = metadata.decode_u32_set(raw) if raw else set()
+        for segno in st.slru_dirs[kind]:
+            size = layers.get_image(slru_segment_size_key(kind, segno), lsn)
+            st.slru_sizes[(kind, segno)] = metadata.decode_nblocks(size) if size else 0
+    raw = layers.get_image(twophase_dir_key(), lsn)
+    st.twophase = metadata.decode_u32_set(raw) if raw else set()
+    raw = layers.get_image(checkpoint_key(), lsn)
+    st.checkpoint = CheckPoint.unpack(raw) if raw else None
+    st.control = layers.get_image(controlfile_key(), lsn)
+    return st
+
+
+class TimelineIngest:
+    """Ingest state of one timeline (used from one asyncio task plus a flush thread)."""
+
+    def __init__(self, tenant_id: TenantId, timeline_id: TimelineId, timeline_dir: Path,
+                 sessions: sessionmaker[Session], settings: IngestSettings, *,
+                 layers: LayerMap, state: TimelineState, last_record_lsn: Lsn,
+                 prev_record_lsn: Lsn, disk_consistent_lsn: Lsn) -> None:
+        self.tenant_id = tenant_id
+        self.timeline_id = timeline_id
+        self.dir = timeline_dir
+        self.sessions = sessions
+        self.settings = settings
+        self.layers = layers
+        self.walingest = WalIngest(state, read_page=self._read_page_value)
+        self.last_record_lsn = last_record_lsn
+        self.prev_record_lsn = prev_record_lsn
+        self.disk_consistent_lsn = disk_consistent_lsn
+        self.open = InMemoryLayer(Lsn(last_record_lsn + 1))
+        self.frozen: list[InMemoryLayer] = []
+        self._lock = threading.Lock()  # guards frozen / layers / disk_consistent_lsn
+        self._open_wal_start = last_record_lsn
+        self.records = 0
+
+    @classmethod
+    def load(cls, tenant_id: TenantId, timeline_id: TimelineId, timeline_dir: Path,
+             sessions: sessionmaker[Session], settings: IngestSettings) -> TimelineIngest:
+        with sessions.begin() as s:
+            tl = repo.get_timeline(s, tenant_id, timeline_id)
+            layer_rows = repo.list_layers(s, tenant_id, timeline_id)
+        layers = LayerMap(timeline_dir, layer_rows)
+        lsn = tl.disk_consistent_lsn
+        state = load_state(layers, lsn)
+        log.info("timeline loaded disk_consistent_lsn=%s layers=%d relations=%d "
+                 "tenant=%s timeline=%s", lsn, len(layer_rows), len(state.relsizes),
+                 tenant_id, timeline_id)
+        prev = tl.prev_record_lsn if tl.last_record_lsn == lsn else Lsn(0)
+        return cls(tenant_id, timeline_id, timeline_dir, sessions, settings, layers=layers,
+                   state=state, last_record_lsn=lsn, prev_record_lsn=prev,
+                   disk_consistent_lsn=lsn)
+
+    # ------------------------------------------------------------------ reads
+    def sources(self) -> list[InMemoryLayer]:
+        with self._lock:
+            return [self.open, *self.frozen]
+
+    def _read_page_value(self, key: Key, lsn: Lsn) -> bytes:
+        """A self-sufficient value for ``key`` as of ``lsn``: its image if the newest
+        version is one, else a Materialize value carrying the chain for redo."""
+        chain = self.layers.get(key, lsn, self.sources())
+        if not chain.found:
+            raise NotFound(f"key {key} has no version at or below {lsn}")
+        if not chain.records:
+            assert chain.image is not None
+            return values.image(chain.image)
+        return values.materialize(chain.image, [(int(k), v) for k, v in chain.records])
+
+    # ------------------------------------------------------------------ ingest
+    def ingest(self, rec: DecodedRecord) -> None:
+        out: list[tuple[Key, Lsn, bytes]] = []
+        self.walingest.ingest(rec, out)
+        put = self.open.put
+        for key, lsn, value in out:
+            put(key, lsn, value)
+        self.prev_record_lsn = rec.lsn
+        self.last_record_lsn = rec.end_lsn
+        self.records += 1
+
+    def should_freeze(self, now: float | None = None) -> bool:
+        if self.last_record_lsn <= self._open_wal_start:
+            return False
+        if self.last_record_lsn - self._open_wal_start >= self.settings.checkpoint_distance:
+            return True
+        now = time.monotonic() if now is None else now
+        return now - self.open.created >= self.settings.checkpoint_timeout
+
+    def freeze(self) -> InMemoryLayer | None:
+        """Freeze the open layer at last_record_lsn; returns it (None if nothing new)."""
+        if self.last_record_lsn <= self._open_wal_start:
+            return None
+        layer = self.open
+        layer.freeze(Lsn(self.last_record_lsn + 1))
+        layer.prev_record_lsn = self.prev_record_lsn
+        with self._lock:
+            self.frozen.append(layer)
+            self.open = InMemoryLayer(Lsn(self.last_record_lsn + 1))
+        self._open_wal_start = self.last_record_lsn
+        return layer
+
+    def flush(self, layer: InMemoryLayer) -> Lsn:
+        """Write a frozen layer to disk and register it (blocking; run it in a thread)."""
+        assert layer.end_lsn is not None
+        disk_consistent = Lsn(layer.end_lsn - 1)
+        record: repo.LayerRecord | None = None
+        if layer.count:
+            with DeltaLayerWriter(self.dir, KEY_MIN, KEY_MAX, layer.start_lsn,
+                                  layer.end_lsn) as w:
+                for key, lsn, value in layer.sorted_items():
+                    w.put(key, lsn, value, values.will_init(value))
+                info = w.finish()
+            record = repo.LayerRecord("delta", 0, info.key_start.to_bytes(),
+                                      info.key_end.to_bytes(), info.lsn_start, info.lsn_end,
+                                      info.file_name, info.file_size, info.checksum)
+        with self.sessions.begin() as s:
+            if record is not None:
+                repo.add_layer(s, self.tenant_id, self.timeline_id, record)
+            repo.update_timeline(s, self.tenant_id, self.timeline_id,
+                                 disk_consistent_lsn=disk_consistent,
+                                 last_record_lsn=disk_consistent,
+                                 prev_record_lsn=layer.prev_record_lsn, state="active")
+        with self._lock:
+            if record is not None:
+                self.layers.add(record)
+            self.frozen.remove(layer)
+            self.disk_consistent_lsn = disk_consistent
+        log.info("flushed layer %s values=%d disk_consistent_lsn=%s tenant=%s timeline=%s",
+                 record.file_name if record else "(none: no values)", layer.count,
+                 disk_consistent, self.tenant_id, self.timeline_id)
+        return disk_consistent

@@ -90,6 +90,12 @@ class LayerMap:
                 old.close()
         return r
 
+    def add(self, rec: LayerRecord) -> None:
+        """Register a newly written layer (keeps the newest-first order)."""
+        with self._lock:
+            self.layers = sorted([*self.layers, rec],
+                                 key=lambda r: (r.lsn_end, r.kind == "image"), reverse=True)
+
     def close(self) -> None:
         with self._lock:
             for r in self._readers.values():

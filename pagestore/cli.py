@@ -64,8 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", required=True, help="tenant id")
     p.add_argument("--timeline-id", help="32 hex chars (default: generated)")
     p.add_argument("--pg-version", type=int, default=15)
+    p.add_argument("--wal-source", metavar="CONNSTR",
+                   help="attach a running primary: slot, base backup, import, then streaming")
     p = lcmds.add_parser("list", parents=[common], help="list a tenant's timelines")
     p.add_argument("--tenant", required=True, help="tenant id")
+    p.add_argument("--json", action="store_true")
+    p = lcmds.add_parser("status", parents=[common], help="LSNs, WAL source and state")
+    p.add_argument("--tenant", required=True, help="tenant id")
+    p.add_argument("--timeline", required=True, help="timeline id")
     p.add_argument("--json", action="store_true")
 
     p = cmds.add_parser("waldump", parents=[common],
@@ -97,10 +103,10 @@ def _housekeeping(stack: Stack) -> tuple[Any, grpc.Channel, str]:
     return housekeeping_pb2_grpc.HousekeepingStub(ch), ch, addr
 
 
-def _call(stack: Stack, method: str, request: Any) -> Any:
+def _call(stack: Stack, method: str, request: Any, timeout: float | None = 30) -> Any:
     stub, ch, addr = _housekeeping(stack)
     try:
-        return getattr(stub, method)(request, timeout=30)
+        return getattr(stub, method)(request, timeout=timeout)
     except grpc.RpcError as e:
         if e.code() == grpc.StatusCode.UNAVAILABLE:
             raise Unavailable(f"the housekeeping service at {addr} is not reachable: is the "
@@ -125,6 +131,7 @@ def _timeline_json(t: Any) -> dict[str, Any]:
         "last_record_lsn": str(Lsn(t.last_record_lsn)),
         "disk_consistent_lsn": str(Lsn(t.disk_consistent_lsn)),
         "remote_consistent_lsn": str(Lsn(t.remote_consistent_lsn)),
+        "min_readable_lsn": str(Lsn(t.min_readable_lsn)),
         "pg_version": t.pg_version, "state": t.state, "wal_source": t.wal_source or None,
     }
 
@@ -139,7 +146,10 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_start(args: argparse.Namespace) -> int:
     stack = _stack(args)
-    cfg = stack.start()
+    cfg, started = stack.start()
+    if len(started) < 5:
+        print(f"started {', '.join(started)} (the rest of the stack was running)")
+        return 0
     print(f"pagestore is running in {stack.workdir}")
     print(f"  gateway (libpq): {cfg.gateway.listen_pg_addr}")
     for name in ("ingest", "pageread", "redo", "housekeeping"):
@@ -196,8 +206,23 @@ def cmd_timeline(args: argparse.Namespace) -> int:
     if args.timeline_command == "create":
         tlid = _parse_id(TimelineId, args.timeline_id, "--timeline-id") if args.timeline_id else ""
         info = _call(stack, "CreateTimeline", housekeeping_pb2.CreateTimelineRequest(
-            tenant_id=tenant, timeline_id=tlid, pg_version=args.pg_version))
+            tenant_id=tenant, timeline_id=tlid, pg_version=args.pg_version,
+            wal_source=args.wal_source or ""), timeout=None if args.wal_source else 30)
         print(info.timeline_id)
+        return 0
+    if args.timeline_command == "status":
+        tlid = _parse_id(TimelineId, args.timeline, "--timeline")
+        from pagestore.proto import common_pb2
+
+        info = _call(stack, "GetTimeline", common_pb2.TimelineRef(tenant_id=tenant,
+                                                                  timeline_id=tlid))
+        status = _timeline_json(info)
+        if args.json:
+            print(json.dumps(status, indent=2))
+        else:
+            for k in ("timeline_id", "state", "wal_source", "last_record_lsn",
+                      "disk_consistent_lsn", "min_readable_lsn", "remote_consistent_lsn"):
+                print(f"{k:<22} {status[k] if status[k] is not None else '-'}")
         return 0
     resp = _call(stack, "ListTimelines", housekeeping_pb2.ListTimelinesRequest(tenant_id=tenant))
     if args.json:

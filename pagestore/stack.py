@@ -237,34 +237,44 @@ class Stack:
     def running_services(self) -> list[str]:
         return [n for n in SERVICES if self._owned_pid(n) is not None]
 
-    def start(self) -> Config:
+    def start(self) -> tuple[Config, list[str]]:
+        """Start every service that is not running; returns the config and their names.
+
+        With the whole stack down, ports are resolved afresh and the catalog is started.
+        With part of it running (a service crashed or was killed), the missing services
+        are started with the running stack's resolved config, so addresses stay the same.
+        """
         if not self.config_path.exists():
             raise StackError(f"{self.config_path} does not exist: run `pagestore init` first")
         running = self.running_services()
-        if running:
-            raise StackError(f"the stack in {self.workdir} is already running "
-                             f"({', '.join(running)}): run `pagestore stop` first")
-        cfg = self.user_config()
-        # Resolve "port 0" addresses to concrete free ports once, for every service.
-        for name in SERVICES:
-            section = getattr(cfg, name)
-            changes = {"listen_addr": _with_port(section.listen_addr)}
-            if name == "gateway":
-                changes["listen_pg_addr"] = _with_port(section.listen_pg_addr)
-            cfg = replace(cfg, **{name: replace(section, **changes)})
+        if len(running) == len(SERVICES):
+            raise StackError(f"the stack in {self.workdir} is already running")
         started_catalog = False
-        if not cfg.catalog.url:
-            _, _ = self.ensure_private_catalog(cfg)
-            started_catalog = True
-            cfg = replace(cfg, catalog=replace(cfg.catalog, url=self.catalog_url(cfg),
-                                               port=self._recorded_catalog_port() or 0))
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.run_dir.chmod(0o700)
-        self.resolved_config_path.write_text(render_config(cfg))
-        self.resolved_config_path.chmod(0o600)
+        if running and self.resolved_config_path.exists():
+            cfg = load_config(self.resolved_config_path)
+        else:
+            cfg = self.user_config()
+            # Resolve "port 0" addresses to concrete free ports once, for every service.
+            for name in SERVICES:
+                section = getattr(cfg, name)
+                changes = {"listen_addr": _with_port(section.listen_addr)}
+                if name == "gateway":
+                    changes["listen_pg_addr"] = _with_port(section.listen_pg_addr)
+                cfg = replace(cfg, **{name: replace(section, **changes)})
+            if not cfg.catalog.url:
+                self.ensure_private_catalog(cfg)
+                started_catalog = True
+                cfg = replace(cfg, catalog=replace(cfg.catalog, url=self.catalog_url(cfg),
+                                                   port=self._recorded_catalog_port() or 0))
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.run_dir.chmod(0o700)
+            self.resolved_config_path.write_text(render_config(cfg))
+            self.resolved_config_path.chmod(0o600)
         started: list[str] = []
         try:
             for name in SERVICES:
+                if name in running:
+                    continue
                 proc = self._spawn(name)
                 section = getattr(cfg, name)
                 info: dict[str, Any] = {"pid": proc.pid, "port": split_addr(
@@ -280,7 +290,7 @@ class Stack:
             if started_catalog:
                 self._stop_catalog(cfg)
             raise
-        return cfg
+        return cfg, started
 
     def _stop_services(self, cfg: Config, names: list[str]) -> None:
         pids: dict[str, int] = {}

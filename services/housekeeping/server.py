@@ -7,15 +7,23 @@ INVALID_ARGUMENT naming the field.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from pagestore.errors import BadRequest
+from pagestore.errors import BadRequest, from_rpc_error
+from pagestore.grpcutil import channel
 from pagestore.ids import TenantId, TimelineId
-from pagestore.proto import common_pb2, housekeeping_pb2, housekeeping_pb2_grpc
+from pagestore.proto import (
+    common_pb2,
+    housekeeping_pb2,
+    housekeeping_pb2_grpc,
+    ingest_pb2,
+    ingest_pb2_grpc,
+)
 from pagestore.service import ServiceContext, run_service
 from services.housekeeping.tenants import TenantManager
 
@@ -23,6 +31,8 @@ if TYPE_CHECKING:
     from pagestore.catalog.repo import TenantRecord, TimelineRecord
 
 Context = grpc.aio.ServicerContext[Any, Any]
+log = logging.getLogger(__name__)
+ATTACH_TIMEOUT = 3600.0  # a base backup of a large database takes a while
 
 
 def parse_tenant_id(text: str, field: str = "tenant_id") -> TenantId:
@@ -59,12 +69,35 @@ def timeline_info(rec: TimelineRecord) -> housekeeping_pb2.TimelineInfo:
         disk_consistent_lsn=int(rec.disk_consistent_lsn),
         remote_consistent_lsn=int(rec.remote_consistent_lsn),
         gc_cutoff_lsn=int(rec.gc_cutoff_lsn), pg_version=rec.pg_version, state=rec.state,
-        wal_source=rec.wal_source or "", created_at=_ts(rec.created_at))
+        wal_source=rec.wal_source or "", created_at=_ts(rec.created_at),
+        min_readable_lsn=int(rec.min_readable_lsn), prev_record_lsn=int(rec.prev_record_lsn))
 
 
 class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
-    def __init__(self, tenants: TenantManager) -> None:
+    def __init__(self, tenants: TenantManager, ingest_addr: str) -> None:
         self.tenants = tenants
+        self.ingest_addr = ingest_addr
+        self._ingest: ingest_pb2_grpc.IngestAsyncStub | None = None
+
+    def ingest(self) -> ingest_pb2_grpc.IngestAsyncStub:
+        if self._ingest is None:
+            self._ingest = ingest_pb2_grpc.IngestStub(channel(self.ingest_addr))
+        return self._ingest
+
+    async def _live(self, info: housekeeping_pb2.TimelineInfo) -> housekeeping_pb2.TimelineInfo:
+        """Overlay the ingest service's live LSNs (the catalog has them as of the last flush)."""
+        if not info.wal_source or info.state != "active":
+            return info
+        try:
+            live = await self.ingest().GetTimelineLsns(
+                common_pb2.TimelineRef(tenant_id=info.tenant_id, timeline_id=info.timeline_id),
+                timeout=5)
+        except grpc.aio.AioRpcError as e:
+            log.info("live LSNs unavailable from ingest: %s", e.details())
+            return info
+        info.last_record_lsn = live.last_record_lsn
+        info.disk_consistent_lsn = live.disk_consistent_lsn
+        return info
 
     async def CreateTenant(self, request: housekeeping_pb2.CreateTenantRequest,
                            context: Context) -> housekeeping_pb2.TenantInfo:
@@ -83,7 +116,19 @@ class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
         rec = await asyncio.to_thread(self.tenants.create_timeline, tid, tlid,
                                       pg_version=request.pg_version or 15,
                                       wal_source=request.wal_source or None)
-        return timeline_info(rec)
+        if request.wal_source:
+            # Attaching a primary: the ingest service takes the base backup, imports it
+            # and starts streaming; the call returns once the import is registered.
+            try:
+                await self.ingest().AttachTimeline(ingest_pb2.AttachTimelineRequest(
+                    timeline=common_pb2.TimelineRef(tenant_id=str(rec.tenant_id),
+                                                    timeline_id=str(rec.timeline_id)),
+                    wal_source=request.wal_source), timeout=ATTACH_TIMEOUT)
+            except grpc.aio.AioRpcError as e:
+                raise from_rpc_error(e) from None
+            rec = await asyncio.to_thread(self.tenants.get_timeline, rec.tenant_id,
+                                          rec.timeline_id)
+        return await self._live(timeline_info(rec))
 
     async def ListTimelines(self, request: housekeeping_pb2.ListTimelinesRequest,
                             context: Context) -> housekeeping_pb2.ListTimelinesResponse:
@@ -96,14 +141,14 @@ class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
         rec = await asyncio.to_thread(self.tenants.get_timeline,
                                       parse_tenant_id(request.tenant_id),
                                       parse_timeline_id(request.timeline_id))
-        return timeline_info(rec)
+        return await self._live(timeline_info(rec))
 
 
 async def setup(ctx: ServiceContext) -> None:
     assert ctx.catalog is not None
     manager = TenantManager(ctx.catalog, ctx.workdir)
-    housekeeping_pb2_grpc.add_HousekeepingServicer_to_server(HousekeepingServicer(manager),
-                                                             ctx.grpc.server)
+    servicer = HousekeepingServicer(manager, ctx.config.service_addr("ingest"))
+    housekeeping_pb2_grpc.add_HousekeepingServicer_to_server(servicer, ctx.grpc.server)
 
 
 def main() -> int:

@@ -88,45 +88,68 @@ class ImportResult:
 
 # --------------------------------------------------------------------------- staging
 
+class TarStager:
+    """Writes tar events into a staging directory; events may arrive in several calls."""
+
+    def __init__(self, staging: Path) -> None:
+        self.root = staging.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.files = 0
+        self._current: tuple[TarMember, BinaryIO] | None = None
+        self.ended = False
+
+    def feed(self, events: Iterable[TarEvent]) -> None:
+        root = self.root
+        for ev in events:
+            if isinstance(ev, TarMember):
+                if self._current is not None:
+                    raise BadRequest(f"tar member {ev.name!r} starts inside "
+                                     f"{self._current[0].name!r}")
+                target = (root / ev.path).resolve()
+                if target != root and root not in target.parents:
+                    raise BadRequest(f"base backup member {ev.name!r} escapes the staging "
+                                     "directory")
+                if ev.is_dir:
+                    target.mkdir(parents=True, exist_ok=True)
+                elif ev.is_file:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    f = open(target, "wb")
+                    self.files += 1
+                    if ev.size == 0:
+                        f.close()
+                    else:
+                        self._current = (ev, f)
+                else:
+                    # Symlinks (pg_tblspc entries) and other types leave a marker, so the
+                    # import can refuse what it does not support.
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    (target.parent / (target.name + ".__nonfile__")).write_text(ev.linkname)
+            elif isinstance(ev, TarChunk):
+                if self._current is None or self._current[0] is not ev.member:
+                    raise BadRequest(f"tar content for {ev.member.name!r} outside its member")
+                fh = self._current[1]
+                fh.write(ev.data)
+                if ev.last:
+                    fh.close()
+                    self._current = None
+            elif isinstance(ev, TarEnd):
+                self.ended = True
+
+    def finish(self) -> int:
+        """Check the archive was complete; returns the number of regular files."""
+        if self._current is not None:
+            self._current[1].close()
+            raise BadRequest(f"base backup ended inside member {self._current[0].name!r}")
+        if not self.ended:
+            raise BadRequest("base backup ended without the end-of-archive marker")
+        return self.files
+
+
 def stage_tar(events: Iterable[TarEvent], staging: Path) -> int:
-    """Unpack tar events into ``staging``; returns the number of regular files."""
-    root = staging.resolve()
-    files = 0
-    current: tuple[TarMember, BinaryIO] | None = None
-    for ev in events:
-        if isinstance(ev, TarMember):
-            target = (root / ev.path).resolve()
-            if target != root and root not in target.parents:
-                raise BadRequest(f"base backup member {ev.name!r} escapes the staging directory")
-            if ev.is_dir:
-                target.mkdir(parents=True, exist_ok=True)
-            elif ev.is_file:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                f = open(target, "wb")
-                current = (ev, f)
-                files += 1
-                if ev.size == 0:
-                    f.close()
-                    current = None
-            else:
-                # Symlinks (pg_tblspc entries) and other types: recorded as a marker so
-                # the import can refuse what it does not support.
-                target.parent.mkdir(parents=True, exist_ok=True)
-                (target.parent / (target.name + ".__nonfile__")).write_text(ev.linkname)
-        elif isinstance(ev, TarChunk):
-            if current is None or current[0] is not ev.member:
-                raise BadRequest(f"tar content for {ev.member.name!r} outside its member")
-            fh = current[1]
-            fh.write(ev.data)
-            if ev.last:
-                fh.close()
-                current = None
-        elif isinstance(ev, TarEnd):
-            break
-    if current is not None:
-        current[1].close()
-        raise BadRequest(f"base backup ended inside member {current[0].name!r}")
-    return files
+    """Unpack a whole tar event stream into ``staging``; returns the number of files."""
+    stager = TarStager(staging)
+    stager.feed(events)
+    return stager.finish()
 
 
 # --------------------------------------------------------------------------- import

@@ -1,18 +1,92 @@
-"""The ingest service process: the WAL receiver (gRPC ``pagestore.ingest.v1.Ingest``).
+"""The ingest service process: the WAL receiver, gRPC ``pagestore.ingest.v1.Ingest``.
 
-It checks the catalog revision at start.  WAL streaming, decoding and layer flushes
-land with the ingest issue; until then the process serves health checks only.
+Adapts RPCs to IngestManager (services/ingest/manager.py); at startup it resumes
+streaming for every attached timeline, at shutdown it flushes what is in memory.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING, Any
 
+from pagestore import values
+from pagestore.errors import BadRequest
+from pagestore.ids import TenantId, TimelineId
+from pagestore.lsn import Lsn
+from pagestore.proto import common_pb2, ingest_pb2, ingest_pb2_grpc
 from pagestore.service import ServiceContext, run_service
+from services.ingest.manager import IngestManager, TimelineEntry
+from services.ingest.timeline import IngestSettings
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    import grpc
+
+    Context = grpc.aio.ServicerContext[Any, Any]
+
+DEFAULT_WAIT_MS = 30_000
+
+
+def parse_timeline_ref(ref: common_pb2.TimelineRef) -> tuple[TenantId, TimelineId]:
+    try:
+        return TenantId.parse(ref.tenant_id), TimelineId.parse(ref.timeline_id)
+    except ValueError as e:
+        raise BadRequest(f"timeline: {e}") from None
+
+
+def lsns(e: TimelineEntry) -> ingest_pb2.TimelineLsns:
+    rx = e.receiver
+    tli = e.tli
+    return ingest_pb2.TimelineLsns(
+        last_record_lsn=int(tli.last_record_lsn), disk_consistent_lsn=int(tli.disk_consistent_lsn),
+        flush_reported_lsn=int(rx.flush_reported) if rx else 0,
+        min_readable_lsn=int(e.min_readable_lsn), prev_record_lsn=int(tli.prev_record_lsn),
+        state=rx.state if rx else "idle")
+
+
+class IngestServicer(ingest_pb2_grpc.IngestServicer):
+    def __init__(self, manager: IngestManager) -> None:
+        self.manager = manager
+
+    async def AttachTimeline(self, request: ingest_pb2.AttachTimelineRequest,
+                             context: Context) -> ingest_pb2.TimelineLsns:
+        tenant, timeline = parse_timeline_ref(request.timeline)
+        return lsns(await self.manager.attach(tenant, timeline, request.wal_source))
+
+    async def WaitForLsn(self, request: ingest_pb2.WaitForLsnRequest,
+                         context: Context) -> ingest_pb2.TimelineLsns:
+        tenant, timeline = parse_timeline_ref(request.timeline)
+        timeout = (request.timeout_ms or DEFAULT_WAIT_MS) / 1000
+        return lsns(await self.manager.wait_for_lsn(tenant, timeline, Lsn(request.lsn), timeout))
+
+    async def GetTimelineLsns(self, request: common_pb2.TimelineRef,
+                              context: Context) -> ingest_pb2.TimelineLsns:
+        tenant, timeline = parse_timeline_ref(request)
+        return lsns(self.manager.entry(tenant, timeline))
+
+    async def SubscribeWal(self, request: ingest_pb2.SubscribeWalRequest,
+                           context: Context) -> AsyncIterator[ingest_pb2.WalBatch]:
+        tenant, timeline = parse_timeline_ref(request.timeline)
+        key_start = request.key_start or b""
+        key_end = request.key_end or b"\xff" * 19
+        async for batch in self.manager.subscribe(tenant, timeline, Lsn(request.from_lsn),
+                                                  key_start, key_end):
+            yield ingest_pb2.WalBatch(
+                values=[common_pb2.KeyValue(key=k, lsn=lsn, will_init=values.will_init(v),
+                                            value=v) for k, lsn, v in batch.values],
+                last_record_lsn=int(batch.last_record_lsn),
+                disk_consistent_lsn=int(batch.disk_consistent_lsn))
 
 
 async def setup(ctx: ServiceContext) -> None:
-    return None
+    assert ctx.catalog is not None
+    cfg = ctx.config.ingest
+    manager = IngestManager(ctx.catalog, ctx.workdir,
+                            IngestSettings(cfg.checkpoint_distance, float(cfg.checkpoint_timeout)))
+    ingest_pb2_grpc.add_IngestServicer_to_server(IngestServicer(manager), ctx.grpc.server)
+    await manager.start_existing()
+    ctx.grpc.on_shutdown.append(manager.shutdown)
 
 
 def main() -> int:

@@ -148,7 +148,8 @@ class TimelineIngest:
         return values.materialize(chain.image, [(int(k), v) for k, v in chain.records])
 
     # ------------------------------------------------------------------ ingest
-    def ingest(self, rec: DecodedRecord) -> None:
+    def ingest(self, rec: DecodedRecord) -> list[tuple[Key, Lsn, bytes]]:
+        """Ingest one record; returns the values it produced."""
         out: list[tuple[Key, Lsn, bytes]] = []
         self.walingest.ingest(rec, out)
         put = self.open.put
@@ -157,6 +158,7 @@ class TimelineIngest:
         self.prev_record_lsn = rec.lsn
         self.last_record_lsn = rec.end_lsn
         self.records += 1
+        return out
 
     def should_freeze(self, now: float | None = None) -> bool:
         if self.last_record_lsn <= self._open_wal_start:

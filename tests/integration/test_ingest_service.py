@@ -1,0 +1,152 @@
+"""The ingest service attached to a real primary, through the real CLI and processes:
+attach (slot, base backup, import), streaming, the durability rule for the flush
+position, kill -9 and resume, and bad sources."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+from pagestore.layers.delta import DeltaLayerReader
+from pagestore.layers.layermap import LayerMap
+from pagestore.lsn import Lsn
+from pagestore.pg.walfiles import find_segments, read_wal_records
+from services.ingest.timeline import load_state
+from services.ingest.walingest import WalIngest
+from tests.fixtures.stack import StackRunner
+from tests.fixtures.util import wait_until
+
+
+def attach(stack: StackRunner, primary) -> tuple[str, str]:
+    tenant = stack.run("tenant", "create").stdout.strip()
+    source = f"host=127.0.0.1 port={primary.port} user={primary.user}"
+    timeline = stack.run("timeline", "create", "--tenant", tenant, "--wal-source", source,
+                         timeout=600).stdout.strip()
+    return tenant, timeline
+
+
+def status(stack: StackRunner, tenant: str, timeline: str) -> dict:
+    out = stack.run("timeline", "status", "--tenant", tenant, "--timeline", timeline, "--json")
+    return json.loads(out.stdout)
+
+
+def caught_up(stack: StackRunner, tenant: str, timeline: str, lsn: Lsn) -> bool:
+    return Lsn.parse(status(stack, tenant, timeline)["last_record_lsn"]) >= lsn
+
+
+def test_attach_stream_kill_and_resume(stack: StackRunner, pg_factory) -> None:
+    primary = pg_factory(settings={"wal_keep_size": "'2GB'"})
+    primary.psql("CREATE TABLE t AS SELECT g, md5(g::text) AS v FROM generate_series(1, 50000) g")
+    stack.init("ingest.checkpoint_distance=1048576", "ingest.checkpoint_timeout='1s'")
+    stack.start()
+    tenant, timeline = attach(stack, primary)
+    st = status(stack, tenant, timeline)
+    assert st["state"] == "active" and st["wal_source"].startswith("host=127.0.0.1")
+    tl_dir = stack.workdir / "tenants" / tenant / "timelines" / timeline
+    base = image_layer_lsn(tl_dir)  # the base backup's start LSN
+    assert Lsn.parse(st["min_readable_lsn"]) > base > Lsn(0)
+    assert Lsn.parse(st["disk_consistent_lsn"]) >= base
+    slot = f"pagestore_{timeline}"
+    assert primary.psql(f"SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'") == "1"
+
+    # Flush position seen by the primary never exceeds what is durable.
+    violations: list[str] = []
+    stop_sampling = threading.Event()
+
+    def sample() -> None:
+        while not stop_sampling.is_set():
+            try:
+                flush = primary.psql("SELECT coalesce(max(flush_lsn), '0/0') FROM pg_stat_replication")
+                durable = Lsn.parse(status(stack, tenant, timeline)["disk_consistent_lsn"])
+            except Exception:  # the stack is being restarted
+                stop_sampling.wait(0.2)
+                continue
+            if Lsn.parse(flush) > durable:
+                violations.append(f"flush {flush} > disk_consistent {durable}")
+            stop_sampling.wait(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+
+    pgbench = subprocess.Popen(
+        [primary.bin("pgbench"), "-i", "-s", "3", "-h", "127.0.0.1", "-p", str(primary.port),
+         "-U", primary.user, "postgres"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, err = pgbench.communicate(timeout=300)
+    assert pgbench.returncode == 0, err
+    run = subprocess.Popen(
+        [primary.bin("pgbench"), "-c", "4", "-j", "2", "-T", "12", "-h", "127.0.0.1", "-p",
+         str(primary.port), "-U", primary.user, "postgres"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Let some layers reach the disk, then kill the ingest process without warning.
+    wait_until(lambda: Lsn.parse(status(stack, tenant, timeline)["disk_consistent_lsn"]) > base
+               + 4 * 1024 * 1024, timeout=120, what="layers flushed")
+    ingest_pid = stack.status()["services"]["ingest"]["pid"]
+    os.kill(ingest_pid, signal.SIGKILL)
+    wait_until(lambda: stack.status()["services"]["ingest"]["health"] == "DOWN", timeout=30,
+               what="ingest down")
+    stack.allowed_errors.append(r"WAL source .* failed")  # the other side of the kill
+    stack.run("start")  # starts only the missing service
+    _, err = run.communicate(timeout=300)
+    assert run.returncode == 0, err
+    end = Lsn.parse(primary.psql("SELECT pg_current_wal_flush_lsn()"))
+    wait_until(lambda: caught_up(stack, tenant, timeline, end), timeout=180, what="caught up")
+    wait_until(lambda: Lsn.parse(status(stack, tenant, timeline)["disk_consistent_lsn"]) >= end,
+               timeout=60, what="flushed to disk")
+    wait_until(lambda: Lsn.parse(primary.psql(
+        f"SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'")) >= end,
+        timeout=30, what="slot restart_lsn advanced")
+    stop_sampling.set()
+    sampler.join()
+    assert not violations, violations[:5]
+
+    stack.run("stop")
+    primary.stop()
+    # Stored (key, lsn) pairs: exactly those a straight decode of the primary's WAL gives.
+    compare_with_reference(primary, tl_dir, base)
+
+
+def layer_files(tl_dir: Path) -> tuple[list[Path], list[Path]]:
+    names = [p for p in tl_dir.iterdir() if "__" in p.name and not p.name.endswith("___temp")]
+    image = [p for p in names if "-" not in p.name.split("__")[1]]
+    deltas = [p for p in names if "-" in p.name.split("__")[1]]
+    return image, deltas
+
+
+def image_layer_lsn(tl_dir: Path) -> Lsn:
+    image, _ = layer_files(tl_dir)
+    assert len(image) == 1
+    return Lsn(int(image[0].name.split("__")[1], 16))
+
+
+def compare_with_reference(primary, tl_dir: Path, base: Lsn) -> None:
+    image, deltas = layer_files(tl_dir)
+    assert len(image) == 1 and len(deltas) > 3
+    stored: collections.Counter[tuple[bytes, int]] = collections.Counter()
+    last = Lsn(0)
+    for p in deltas:
+        with DeltaLayerReader(p) as r:
+            last = max(last, Lsn(r.lsn_end - 1))
+            for key, lsn, _w, _v in r.iter_all():
+                stored[(key.to_bytes(), int(lsn))] += 1
+    assert max(stored.values()) == 1, "a (key, lsn) pair is stored twice"
+    from pagestore import values
+    from pagestore.catalog.repo import LayerRecord
+    from pagestore.layers.image import ImageLayerReader
+
+    with ImageLayerReader(image[0]) as r:
+        rec = LayerRecord("image", 0, r.key_start.to_bytes(), r.key_end.to_bytes(), r.lsn_start,
+                          r.lsn_end, image[0].name, r.file_size, 0)
+    state = load_state(LayerMap(tl_dir, [rec]), base)
+    reference = WalIngest(state, read_page=lambda key, lsn: values.image(b""))
+    out: list = []
+    for record in read_wal_records(find_segments([primary.datadir / "pg_wal"]), base):
+        if record.end_lsn > last:
+            break
+        reference.ingest(record, out)
+    expected = {(k.to_bytes(), int(lsn)) for k, lsn, _ in out}
+    assert set(stored) == expected

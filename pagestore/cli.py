@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from pagestore.config import resolve_workdir
-from pagestore.errors import BadRequest, ConfigError, PagestoreError, Unavailable, from_rpc_error
+from pagestore.errors import (
+    ERROR_CLASS_METADATA_KEY,
+    BadRequest,
+    ConfigError,
+    PagestoreError,
+    Unavailable,
+    from_rpc_error,
+)
 from pagestore.ids import TenantId, TimelineId
 from pagestore.lsn import Lsn
 from pagestore.stack import Stack
@@ -108,7 +115,9 @@ def _call(stack: Stack, method: str, request: Any, timeout: float | None = 30) -
     try:
         return getattr(stub, method)(request, timeout=timeout)
     except grpc.RpcError as e:
-        if e.code() == grpc.StatusCode.UNAVAILABLE:
+        from_service = any(getattr(m, "key", None) == ERROR_CLASS_METADATA_KEY
+                           for m in e.trailing_metadata() or ())
+        if e.code() == grpc.StatusCode.UNAVAILABLE and not from_service:
             raise Unavailable(f"the housekeeping service at {addr} is not reachable: is the "
                               f"stack in {stack.workdir} running? (pagestore start)") from None
         raise from_rpc_error(e) from None

@@ -150,7 +150,10 @@ def from_rpc_error(err: grpc.RpcError) -> PagestoreError:
     cls: type[PagestoreError] | None = None
     trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
     for item in trailing or ():
-        key, value = item.key, item.value
+        # The sync API yields _Metadatum(key, value), grpc.aio plain (key, value) tuples.
+        key, value = getattr(item, "key", None), getattr(item, "value", None)
+        if key is None and isinstance(item, tuple) and len(item) == 2:
+            key, value = item
         if key == ERROR_CLASS_METADATA_KEY and isinstance(value, str):
             cls = error_class(value)
     if cls is None:

@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.fixtures.dirs",
     "tests.fixtures.postgres",
     "tests.fixtures.stack",
+    "tests.fixtures.proxy",
     "tests.fixtures.waldump",
 ]
 

@@ -32,6 +32,7 @@ from pagestore.errors import (
     LsnTimeout,
     NotFound,
     PagestoreError,
+    ProtocolError,
     TimelineNotFound,
     Unavailable,
 )
@@ -45,7 +46,7 @@ from pagestore.pg.replication import (
 )
 from pagestore.pg.tar import TarChunk, TarEnd, TarEvent, TarMember
 from services.ingest.importer import TarStager, import_datadir
-from services.ingest.receiver import WalReceiver, slot_name
+from services.ingest.receiver import WalReceiver, redact_conninfo, slot_name
 from services.ingest.timeline import IngestSettings, TimelineIngest
 
 if TYPE_CHECKING:
@@ -223,10 +224,14 @@ class IngestManager:
     async def _base_backup(self, timeline: TimelineId, wal_source: str,
                            staging: Path) -> tuple[Lsn, Lsn, int]:
         """Create (or reuse) the slot, run BASE_BACKUP into ``staging``."""
+        where = redact_conninfo(wal_source)
         try:
             conn = await ReplicationConnection.connect(wal_source, connect_timeout=10)
         except ReplicationError as e:
-            raise Unavailable(f"cannot connect to the WAL source: {e.message}") from e
+            raise Unavailable(f"cannot connect to the WAL source {where}: {e.message}") from e
+        except ProtocolError as e:
+            raise Unavailable(f"the WAL source {where} does not speak the PostgreSQL "
+                              f"protocol: {e.message}") from e
         try:
             system = await conn.identify_system()
             try:

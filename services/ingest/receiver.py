@@ -99,7 +99,7 @@ class WalReceiver:
                 self.state = "disconnected"
                 self.last_error = str(e)
                 log.warning("WAL source %s failed: %s; reconnecting in %.1fs tenant=%s "
-                            "timeline=%s", _redact(self.wal_source), e, backoff,
+                            "timeline=%s", redact_conninfo(self.wal_source), e, backoff,
                             tl.tenant_id, tl.timeline_id)
             except (CorruptionError, UnsupportedWalRecord, EndOfWal) as e:
                 self._decode_failures += 1
@@ -219,7 +219,7 @@ class WalReceiver:
         await self._flush_queue.join()
 
 
-def _redact(conninfo: str) -> str:
+def redact_conninfo(conninfo: str) -> str:
     """A connection string without its password, for logs."""
     import re
 

@@ -150,3 +150,58 @@ def compare_with_reference(primary, tl_dir: Path, base: Lsn) -> None:
         reference.ingest(record, out)
     expected = {(k.to_bytes(), int(lsn)) for k, lsn, _ in out}
     assert set(stored) == expected
+
+
+def test_nonsense_source_at_attach(stack: StackRunner, pg_factory, proxy_factory) -> None:
+    primary = pg_factory()
+    proxy = proxy_factory(primary.port)
+    proxy.mode = "garbage"
+    stack.init()
+    stack.start()
+    tenant = stack.run("tenant", "create").stdout.strip()
+    stack.allowed_errors.append(r"rpc failed")
+    proc = stack.run("timeline", "create", "--tenant", tenant, "--wal-source",
+                     f"host=127.0.0.1 port={proxy.port} user={primary.user}", check=False)
+    assert proc.returncode == 1
+    assert "does not speak the PostgreSQL protocol" in proc.stderr, proc.stderr
+    assert f"port={proxy.port}" in proc.stderr
+    timelines = json.loads(stack.run("timeline", "list", "--tenant", tenant, "--json").stdout)
+    assert [t["state"] for t in timelines] == ["broken"]
+    assert stack.status()["services"]["ingest"]["health"] == "SERVING"
+    # Nothing was created on the real primary behind the proxy.
+    assert primary.psql("SELECT count(*) FROM pg_replication_slots") == "0"
+
+
+def test_source_turns_to_nonsense_midstream(stack: StackRunner, pg_factory, proxy_factory) -> None:
+    primary = pg_factory()
+    proxy = proxy_factory(primary.port)
+    stack.init("ingest.checkpoint_timeout='1s'")
+    stack.start()
+    tenant = stack.run("tenant", "create").stdout.strip()
+    timeline = stack.run("timeline", "create", "--tenant", tenant, "--wal-source",
+                         f"host=127.0.0.1 port={proxy.port} user={primary.user}").stdout.strip()
+    primary.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g")
+    lsn = Lsn.parse(primary.psql("SELECT pg_current_wal_flush_lsn()"))
+    wait_until(lambda: Lsn.parse(status(stack, tenant, timeline)["disk_consistent_lsn"]) >= lsn,
+               timeout=60, what="first rows durable")
+    ingest_pid = stack.status()["services"]["ingest"]["pid"]
+    slot = f"pagestore_{timeline}"
+
+    proxy.mode = "garbage"
+    proxy.cut()
+    stack.allowed_errors.append(r"WAL source .* failed")
+    primary.psql("INSERT INTO t SELECT g FROM generate_series(1, 5000) g")
+    before = proxy.connections
+    wait_until(lambda: proxy.connections >= before + 2, timeout=60, what="reconnect attempts")
+    log = (stack.workdir / "logs" / "ingest.log").read_text()
+    assert "reconnecting in" in log
+    durable = Lsn.parse(status(stack, tenant, timeline)["disk_consistent_lsn"])
+    restart = Lsn.parse(primary.psql(
+        f"SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"))
+    assert restart <= durable  # nothing acknowledged beyond what is stored
+    assert stack.status()["services"]["ingest"] == {**stack.status()["services"]["ingest"],
+                                                    "pid": ingest_pid, "health": "SERVING"}
+
+    proxy.mode = "forward"
+    end = Lsn.parse(primary.psql("SELECT pg_current_wal_flush_lsn()"))
+    wait_until(lambda: caught_up(stack, tenant, timeline, end), timeout=90, what="recovered")

@@ -48,3 +48,12 @@ def test_from_rpc_error(code: grpc.StatusCode, cls_name: str | None, expected: t
     err = errors.from_rpc_error(_FakeRpcError(code, "tenant x not found", cls_name))
     assert type(err) is expected
     assert err.message == "tenant x not found"
+
+
+def test_from_rpc_error_with_aio_metadata() -> None:
+    class AioLike(_FakeRpcError):
+        def trailing_metadata(self):  # type: ignore[override]
+            return ((errors.ERROR_CLASS_METADATA_KEY, "LsnTimeout"),)
+
+    err = errors.from_rpc_error(AioLike(grpc.StatusCode.DEADLINE_EXCEEDED, "slow", None))
+    assert type(err) is errors.LsnTimeout

@@ -205,3 +205,71 @@ def test_source_turns_to_nonsense_midstream(stack: StackRunner, pg_factory, prox
     proxy.mode = "forward"
     end = Lsn.parse(primary.psql("SELECT pg_current_wal_flush_lsn()"))
     wait_until(lambda: caught_up(stack, tenant, timeline, end), timeout=90, what="recovered")
+
+
+def test_ingest_grpc_api(stack: StackRunner, pg_factory) -> None:
+    import grpc
+
+    from pagestore import keys, values
+    from pagestore.errors import ERROR_CLASS_METADATA_KEY
+    from pagestore.proto import common_pb2, ingest_pb2, ingest_pb2_grpc
+
+    primary = pg_factory()
+    primary.psql("CREATE TABLE t (a int, b text)")
+    stack.init()
+    stack.start()
+    tenant, timeline = attach(stack, primary)
+    port = stack.status()["services"]["ingest"]["port"]
+    ref = common_pb2.TimelineRef(tenant_id=tenant, timeline_id=timeline)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = ingest_pb2_grpc.IngestStub(ch)
+        lsns = stub.GetTimelineLsns(ref, timeout=10)
+        assert lsns.state == "streaming" or lsns.state == "connecting"
+        assert lsns.last_record_lsn >= lsns.disk_consistent_lsn > 0
+
+        # WaitForLsn: returns once the WAL is ingested; times out with LsnTimeout.
+        target = Lsn.parse(primary.psql("SELECT pg_current_wal_flush_lsn()"))
+        got = stub.WaitForLsn(ingest_pb2.WaitForLsnRequest(timeline=ref, lsn=target,
+                                                           timeout_ms=30000), timeout=40)
+        assert got.last_record_lsn >= target
+        try:
+            stub.WaitForLsn(ingest_pb2.WaitForLsnRequest(timeline=ref, lsn=target + (1 << 40),
+                                                         timeout_ms=300), timeout=10)
+            raise AssertionError("WaitForLsn for an LSN that never arrives returned")
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert (ERROR_CLASS_METADATA_KEY, "LsnTimeout") in tuple(
+                (m.key, m.value) for m in e.trailing_metadata())
+
+        # SubscribeWal: values of the table's blocks arrive as rows are inserted.
+        relnode = int(primary.psql("SELECT pg_relation_filenode('t')"))
+        dboid = int(primary.psql("SELECT oid FROM pg_database WHERE datname = 'postgres'"))
+        lo, hi = keys.rel_key_range(keys.RelTag(1663, dboid, relnode, 0))
+        stream = stub.SubscribeWal(ingest_pb2.SubscribeWalRequest(
+            timeline=ref, from_lsn=got.disk_consistent_lsn, key_start=lo.to_bytes(),
+            key_end=hi.to_bytes()), timeout=60)
+        primary.psql("INSERT INTO t SELECT g, 'x' FROM generate_series(1, 10) g")
+        seen = []
+        for batch in stream:
+            for kv in batch.values:
+                assert lo.to_bytes() <= kv.key < hi.to_bytes()
+                assert kv.will_init == values.will_init(kv.value)
+                seen.append(kv)
+            if seen:
+                break
+        stream.cancel()
+        assert keys.Key.from_bytes(seen[0].key).rel_tag().relnode == relnode
+
+        # Errors: below disk_consistent_lsn, and unknown timelines.
+        try:
+            next(iter(stub.SubscribeWal(ingest_pb2.SubscribeWalRequest(
+                timeline=ref, from_lsn=1), timeout=10)))
+            raise AssertionError("a subscription below disk_consistent_lsn was accepted")
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.FAILED_PRECONDITION
+        try:
+            stub.GetTimelineLsns(common_pb2.TimelineRef(tenant_id=tenant, timeline_id="0" * 32),
+                                 timeout=10)
+            raise AssertionError("an unknown timeline was found")
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.NOT_FOUND

@@ -29,6 +29,7 @@ from pagestore.errors import (
     AlreadyExists,
     BadRequest,
     FailedPrecondition,
+    LsnOutOfRange,
     LsnTimeout,
     NotFound,
     PagestoreError,
@@ -263,7 +264,11 @@ class IngestManager:
     async def wait_for_lsn(self, tenant: TenantId, timeline: TimelineId, lsn: Lsn,
                            timeout: float) -> TimelineEntry:
         e = self.entry(tenant, timeline)
-        if e.receiver is not None and e.receiver.tli.last_record_lsn >= lsn:
+        if lsn < e.min_readable_lsn:
+            raise LsnOutOfRange(
+                f"LSN {lsn} is below {e.min_readable_lsn}, the first readable LSN of timeline "
+                f"{timeline} (where its base backup becomes consistent)")
+        if e.tli.last_record_lsn >= lsn:
             return e
         try:
             async with e.progress:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -90,7 +91,16 @@ def test_attach_stream_kill_and_resume(stack: StackRunner, pg_factory) -> None:
     wait_until(lambda: stack.status()["services"]["ingest"]["health"] == "DOWN", timeout=30,
                what="ingest down")
     stack.allowed_errors.append(r"WAL source .* failed")  # the other side of the kill
+    log_before = (stack.workdir / "logs" / "ingest.log").read_text()
     stack.run("start")  # starts only the missing service
+    # The restarted ingest streams from disk_consistent_lsn, as loaded from the layers.
+    def resumed() -> tuple[str, str] | None:
+        log = (stack.workdir / "logs" / "ingest.log").read_text()[len(log_before):]
+        loaded = re.search(r"timeline loaded disk_consistent_lsn=(\S+)", log)
+        started = re.search(r"streaming started .* start_lsn=(\S+)", log)
+        return (loaded.group(1), started.group(1)) if loaded and started else None
+    loaded_at, started_at = wait_until(resumed, timeout=60, what="streaming resumed")
+    assert loaded_at == started_at
     _, err = run.communicate(timeout=300)
     assert run.returncode == 0, err
     end = Lsn.parse(primary.psql("SELECT pg_current_wal_flush_lsn()"))
@@ -232,6 +242,13 @@ def test_ingest_grpc_api(stack: StackRunner, pg_factory) -> None:
         got = stub.WaitForLsn(ingest_pb2.WaitForLsnRequest(timeline=ref, lsn=target,
                                                            timeout_ms=30000), timeout=40)
         assert got.last_record_lsn >= target
+        try:
+            stub.WaitForLsn(ingest_pb2.WaitForLsnRequest(timeline=ref, lsn=lsns.min_readable_lsn - 8,
+                                                         timeout_ms=300), timeout=10)
+            raise AssertionError("WaitForLsn below the first readable LSN returned")
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.OUT_OF_RANGE
+            assert str(Lsn(lsns.min_readable_lsn)) in e.details()
         try:
             stub.WaitForLsn(ingest_pb2.WaitForLsnRequest(timeline=ref, lsn=target + (1 << 40),
                                                          timeout_ms=300), timeout=10)

@@ -1,0 +1,1 @@
+"""WAL redo: base page image + records -> page"""

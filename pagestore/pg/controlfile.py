@@ -29,6 +29,9 @@ CHECKPOINT_COPY_OFFSET = 40
 # state i32 (+4 pad), time i64, checkPoint u64
 CONTROL_HEAD = struct.Struct("<QIIi4xqQ")
 
+WAL_LOG_HINTS_OFFSET = 176       # bool
+DATA_CHECKSUM_VERSION_OFFSET = 252  # u32
+
 FIRST_NORMAL_TRANSACTION_ID = 3
 
 
@@ -93,6 +96,14 @@ class ControlFile:
     checkpoint_lsn: int
     checkpoint: CheckPoint
     raw: bytes
+
+    @property
+    def wal_log_hints(self) -> bool:
+        return bool(self.raw[WAL_LOG_HINTS_OFFSET])
+
+    @property
+    def data_checksums(self) -> bool:
+        return bool(struct.unpack_from("<I", self.raw, DATA_CHECKSUM_VERSION_OFFSET)[0])
 
     @classmethod
     def parse(cls, raw: bytes) -> ControlFile:

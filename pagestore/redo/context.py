@@ -41,6 +41,13 @@ class RedoContext:
     data_checksums: bool = False
     wal_log_hints: bool = False
 
+    @classmethod
+    def from_control_file(cls, raw: bytes) -> RedoContext:
+        from pagestore.pg.controlfile import ControlFile
+
+        control = ControlFile.parse(raw)
+        return cls(data_checksums=control.data_checksums, wal_log_hints=control.wal_log_hints)
+
     @property
     def hint_bits_logged(self) -> bool:
         """XLogHintBitIsNeeded(): data checksums or wal_log_hints are on."""

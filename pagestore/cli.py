@@ -88,6 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", help="stop before this LSN (X/Y); default: the end of the WAL")
     p.add_argument("--timeline", type=int, help="timeline of the segment files (default: lowest)")
 
+    p = cmds.add_parser("redo-check", parents=[common],
+                        help="replay WAL written with wal_consistency_checking=all and compare "
+                             "pagestore's redo with PostgreSQL's after-images")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="a pg_wal directory or segment files")
+    p.add_argument("--start", help="first LSN (X/Y)")
+    p.add_argument("--end", help="stop before this LSN (X/Y)")
+    p.add_argument("--timeline", type=int, help="timeline of the segment files (default: lowest)")
+    p.add_argument("--all", action="store_true", help="report every mismatch, not just the first")
+    p.add_argument("--data-checksums", action="store_true",
+                   help="the cluster has data checksums (redo then stamps LSNs on hint-only changes)")
+
     catalog = cmds.add_parser("catalog", parents=[common], help="the catalog database")
     ccmds = catalog.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
     p = ccmds.add_parser("upgrade", parents=[common], help="run the Alembic migrations")
@@ -295,10 +306,36 @@ def cmd_waldump(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_redo_check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pagestore.pg.walfiles import find_segments, read_wal_records
+    from pagestore.redo.check import CheckStats, check_records
+    from pagestore.redo.context import RedoContext
+
+    segments = find_segments([Path(p) for p in args.paths], args.timeline)
+    stats = CheckStats()
+    records = read_wal_records(segments, _lsn_arg(args.start, "--start"), _lsn_arg(args.end, "--end"))
+    failed = False
+    for mismatch in check_records(records, RedoContext(data_checksums=args.data_checksums), stats):
+        failed = True
+        print(mismatch.describe())
+        if not args.all:
+            break
+    print(f"{stats.records} records, {stats.checked_blocks} blocks checked, "
+          f"{stats.mismatches} mismatches")
+    for kind, n in sorted(stats.checked.items()):
+        print(f"  checked     {kind:<24} {n}")
+    for kind, n in sorted(stats.unsupported.items()):
+        print(f"  unsupported {kind:<24} {n}")
+    return 1 if failed else 0
+
+
 COMMANDS = {
     "init": cmd_init, "start": cmd_start, "stop": cmd_stop, "status": cmd_status,
     "tenant": cmd_tenant, "timeline": cmd_timeline, "catalog": cmd_catalog,
     "waldump": cmd_waldump,
+    "redo-check": cmd_redo_check,
 }
 
 

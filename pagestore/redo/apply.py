@@ -19,6 +19,7 @@ through full-page images.
 from __future__ import annotations
 
 import importlib
+import struct
 from typing import TYPE_CHECKING, Protocol
 
 from pagestore import values
@@ -97,7 +98,16 @@ def redo_block(ctx: RedoContext, rec: DecodedRecord, block_id: int,
             page = bytearray(BLCKSZ) if page is None else page
         elif page_get_lsn(page) >= rec.end_lsn:
             return page  # BLK_DONE
-    redo(ctx, rec, block_id, page)
+    if len(page) != BLCKSZ:
+        raise CorruptionError(f"page of {blk.rel} block {blk.blkno} is {len(page)} bytes, "
+                              f"not {BLCKSZ}")
+    try:
+        redo(ctx, rec, block_id, page)
+    except (struct.error, IndexError, ValueError) as e:
+        # A record whose contents do not match its type: an error, never a wrong page.
+        raise CorruptWalError(
+            f"malformed WAL record at {rec.lsn} ({rmgr_name(rec.rmid)} info {rec.info:#04x}) "
+            f"for {blk.rel} block {blk.blkno}: {e}") from e
     return page
 
 
@@ -144,6 +154,8 @@ def apply_value(ctx: RedoContext, key: Key, lsn: Lsn, value: bytes,
 def reconstruct(ctx: RedoContext, chain: ValueChain) -> bytes | None:
     """The page a chain builds; None when no version of the key exists."""
     page = bytearray(chain.image) if chain.image is not None else None
+    if page is not None and chain.key.is_rel_block() and len(page) != BLCKSZ:
+        raise CorruptionError(f"base image of key {chain.key} is {len(page)} bytes, not {BLCKSZ}")
     for lsn, value in chain.records:
         page = apply_value(ctx, chain.key, lsn, value, page)
     return bytes(page) if page is not None else None

@@ -254,10 +254,11 @@ def page_add_item(page: Page, item: bytes | bytearray | memoryview, offnum: int,
 # --------------------------------------------------------------------------- compaction
 
 def _compactify(page: Page, items: list[tuple[int, int, int]]) -> None:
-    """compactify_tuples: ``items`` are (offsetindex, itemoff, alignedlen); every item's
-    aligned bytes move, in descending itemoff order, to the end of the page; line
-    pointers get their new offsets; pd_upper follows.  Other bytes keep their content."""
-    items = sorted(items, key=lambda t: t[1], reverse=True)
+    """compactify_tuples: ``items`` are (offsetindex, itemoff, alignedlen) in line-pointer
+    order.  Walking them in that order (not in itemoff order: PostgreSQL 14+ places the
+    items of a non-presorted array in array order too), each item's aligned bytes go
+    contiguously downward from pd_special; line pointers get their new offsets; pd_upper
+    follows.  Other bytes keep their content."""
     orig = bytes(page)
     upper = pd_special(page)
     for offsetindex, itemoff, alignedlen in items:

@@ -92,6 +92,13 @@ def run_maintenance(cluster: PgCluster, timeout: float = 300) -> str:
                                  "-f", str(MAINTENANCE_SQL)], timeout)
 
 
+def run_sql_file(cluster: PgCluster, name: str, timeout: float = 300) -> str:
+    """Run tests/workloads/<name> with psql (ON_ERROR_STOP, no single transaction)."""
+    return _run_client(cluster, [cluster.bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+                                 *_connection_args(cluster), "-d", "postgres",
+                                 "-f", str(Path(__file__).parent / name)], timeout)
+
+
 def current_lsn(cluster: PgCluster) -> str:
     """pg_current_wal_lsn(): how far WAL has been written out, ``X/Y``."""
     return cluster.psql("SELECT pg_current_wal_lsn()")

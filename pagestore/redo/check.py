@@ -118,9 +118,21 @@ def check_records(records: Iterable[DecodedRecord], ctx: RedoContext,
                 continue
             stats.checked_blocks += 1
             stats.checked[_kind(rec)] += 1
-            ours_b = bytes(ours) if ours is not None else bytes(len(image))
-            a = masking.mask_page(rec.rmid, ours_b, blk.rel.forknum)
-            b = masking.mask_page(rec.rmid, image, blk.rel.forknum)
+            if ours is None:
+                stats.mismatches += 1
+                yield Mismatch(str(rec.lsn), rmgr_name(rec.rmid), rec.info, str(blk.rel),
+                               blk.blkno, blk.block_id, None, b"", image,
+                               error="our redo left the block nonexistent")
+                continue
+            try:
+                a = masking.mask_page(rec.rmid, bytes(ours), blk.rel.forknum, blk.blkno)
+            except PagestoreError as e:
+                stats.mismatches += 1
+                yield Mismatch(str(rec.lsn), rmgr_name(rec.rmid), rec.info, str(blk.rel),
+                               blk.blkno, blk.block_id, None, bytes(ours), image,
+                               error=f"our page cannot be masked: {e.message}")
+                continue
+            b = masking.mask_page(rec.rmid, image, blk.rel.forknum, blk.blkno)
             if a != b:
                 stats.mismatches += 1
                 yield Mismatch(str(rec.lsn), rmgr_name(rec.rmid), rec.info, str(blk.rel),

@@ -440,11 +440,12 @@ def mask_page(rmid: int, page: bytes | bytearray, forknum: int = ForkNumber.MAIN
 def mask_vm_page_strict(page: bytes | bytearray) -> bytes:
     """Our rule for visibility map pages: mask pd_lsn and pd_checksum, nothing else.
 
-    PostgreSQL hides the whole VM bitmap: VM pages are only ever registered by Heap2
-    VISIBLE records (block 0), so they are masked with heap_mask, and a VM page is
-    PageInit'ed with pd_lower = 24 and pd_upper = pd_special = 8192 while its bitmap
-    lives at PageGetContents, [24, 8192) -- exactly the "unused space" mask_unused_space
-    zeroes.  (It is that, not mask_page_content, that hides it; pd_lower and pd_upper
+    PostgreSQL hides the whole VM bitmap: the only checked records that register a VM
+    page are Heap2 VISIBLE records (block 0, log_heap_visible; the other VM images are
+    XLOG-rmgr full-page writes, never checked), so VM pages are masked with heap_mask;
+    and a VM page is PageInit'ed with pd_lower = 24 and pd_upper = pd_special = 8192
+    while its bitmap lives at PageGetContents, [24, 8192) -- exactly the "unused space"
+    mask_unused_space zeroes.  (It is that, not mask_page_content, that hides it; pd_lower and pd_upper
     survive.)  heap_mask also zeroes pd_prune_xid and the pd_flags hint bits, which VM
     pages never set, and finds no line pointers.  So PostgreSQL never verifies VM bits;
     pagestore compares every bit of them.

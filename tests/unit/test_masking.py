@@ -495,8 +495,10 @@ def test_heap_mask_hides_the_whole_vm_bitmap_strict_does_not() -> None:
     other[24 + 50] ^= 0x01  # one all-visible bit
     assert masked(m.heap_mask, page) == masked(m.heap_mask, other)
     assert m.first_difference(m.mask_vm_page_strict(page), m.mask_vm_page_strict(other)) == 74
-    strict = m.mask_vm_page_strict(page)
-    assert strict[:10] == bytes(10) and strict[10:] == page[10:]
+    hinted = page_init(flags=0x7, prune_xid=123)  # strictness: even header hints stay
+    hinted[24:] = page[24:]
+    strict = m.mask_vm_page_strict(hinted)
+    assert strict[:10] == bytes(10) and strict[10:] == hinted[10:]
 
 
 # --------------------------------------------------------------------------- helpers

@@ -18,7 +18,6 @@ skipped silently; the report names the record, the block and the first differing
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -31,6 +30,8 @@ from pagestore.redo.bufpage import page_is_new, page_set_lsn
 from pagestore.redo.context import RedoContext
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
     from pagestore.keys import RelTag
     from pagestore.pg.xlogrecord import DecodedRecord
 

@@ -53,6 +53,8 @@ from pagestore.lsn import Lsn
 from pagestore.pg.controlfile import CheckPoint
 from pagestore.pg.rmgr import RmgrId, rmgr_name
 from pagestore.pg.xlogrecord import BlockReference, DecodedRecord, restore_block_image
+from pagestore.redo import heap as heap_redo
+from pagestore.redo.bufpage import new_page
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,7 @@ TRANSACTION_STATUS_COMMITTED = 1
 TRANSACTION_STATUS_ABORTED = 2
 
 ZERO_PAGE = bytes(BLCKSZ)
+EMPTY_VM_PAGE = bytes(new_page(0))  # vm_extend: PageInit'd pages with no bits set
 
 # Record type constants (info & 0xF0 unless noted).
 XLOG_CHECKPOINT_SHUTDOWN = 0x00
@@ -310,47 +313,32 @@ class WalIngest:
 
     # ------------------------------------------------------------------ heap / VM
     def _heap_vm_clears(self, batch: _Batch, rec: DecodedRecord) -> None:
-        op = rec.info & HEAP_OPMASK
-        data = rec.main_data
-        clears: list[tuple[int, int]] = []  # (heap block, bits)
-        b0 = rec.block(0)
-        if b0 is None:
-            return
-        if rec.rmid == RmgrId.HEAP:
-            if op == XLOG_HEAP_INSERT and len(data) >= 3 and data[2] & 0x01:
-                clears.append((b0.blkno, VISIBILITYMAP_VALID_BITS))
-            elif op == XLOG_HEAP_DELETE and len(data) >= 8 and data[7] & 0x01:
-                clears.append((b0.blkno, VISIBILITYMAP_VALID_BITS))
-            elif op in (XLOG_HEAP_UPDATE, XLOG_HEAP_HOT_UPDATE) and len(data) >= 8:
-                flags = data[7]
-                b1 = rec.block(1)
-                if flags & 0x01:  # XLH_UPDATE_OLD_ALL_VISIBLE_CLEARED
-                    clears.append(((b1 or b0).blkno, VISIBILITYMAP_VALID_BITS))
-                if flags & 0x02:  # XLH_UPDATE_NEW_ALL_VISIBLE_CLEARED
-                    clears.append((b0.blkno, VISIBILITYMAP_VALID_BITS))
-            elif op == XLOG_HEAP_LOCK and len(data) >= 8 and data[7] & 0x01:
-                clears.append((b0.blkno, VISIBILITYMAP_ALL_FROZEN))
-        else:
-            if op == XLOG_HEAP2_MULTI_INSERT and len(data) >= 1 and data[0] & 0x01:
-                clears.append((b0.blkno, VISIBILITYMAP_VALID_BITS))
-            elif op == XLOG_HEAP2_LOCK_UPDATED and len(data) >= 8 and data[7] & 0x01:
-                clears.append((b0.blkno, VISIBILITYMAP_ALL_FROZEN))
+        """The VM bits heap records clear without registering the VM page (heapam.c
+        redo calls visibilitymap_clear): a ClearVmBits value on that VM page, or, when
+        the page does not exist yet, the PageInit'd pages vm_extend adds up to it (whose
+        bits are clear already)."""
+        clears = heap_redo.vm_clears(rec)
         if not clears:
             return
-        vm_rel = b0.rel.with_fork(ForkNumber.VISIBILITYMAP)
-        by_page: dict[int, list[tuple[int, int]]] = {}
-        for heap_blk, bits in clears:
-            by_page.setdefault(heap_blk // HEAPBLOCKS_PER_PAGE, []).append((heap_blk, bits))
-        vm_size = self.state.relsizes.get(vm_rel, 0)
-        for vm_blk, items in sorted(by_page.items()):
-            if vm_blk >= vm_size:
-                continue  # no VM page, so no bit is set there to clear
-            bits = 0
-            for _, b in items:
-                bits |= b
-            blk1 = items[0][0]
-            blk2 = items[1][0] if len(items) > 1 and items[1][0] != blk1 else values.NO_BLOCK
-            batch.put(rel_block_key(vm_rel, vm_blk), values.clear_vm_bits(blk1, blk2, bits))
+        by_page: dict[tuple[RelTag, int], list[heap_redo.VmClear]] = {}
+        for c in clears:
+            by_page.setdefault((c.vm_rel, c.vm_blkno), []).append(c)
+        st = self.state
+        for (vm_rel, vm_blk), items in sorted(by_page.items()):
+            self._ensure_rel(batch, vm_rel)
+            size = st.relsizes[vm_rel]
+            if vm_blk >= size:
+                for blk in range(size, vm_blk + 1):
+                    batch.put(rel_block_key(vm_rel, blk), values.image(EMPTY_VM_PAGE))
+                self._set_rel_size(batch, vm_rel, vm_blk + 1)
+                continue
+            flags = 0
+            for c in items:
+                flags |= c.flags
+            blk1 = items[0].heap_blkno
+            blk2 = items[1].heap_blkno if len(items) > 1 and items[1].heap_blkno != blk1 \
+                else values.NO_BLOCK
+            batch.put(rel_block_key(vm_rel, vm_blk), values.clear_vm_bits(blk1, blk2, flags))
 
     # ------------------------------------------------------------------ rmgrs
     def _xlog(self, batch: _Batch, rec: DecodedRecord) -> None:

@@ -151,6 +151,8 @@ BT_META_PAGE = struct.Struct("<7I4xd?7x")
 INDEX_TUPLE = struct.Struct("<HHHH")
 # ItemPointerData: bi_hi u16, bi_lo u16, ip_posid u16
 ITEM_POINTER = struct.Struct("<HHH")
+# BlockIdData (ip_blkid, the start of ItemPointerData): bi_hi u16, bi_lo u16
+BLOCK_ID = struct.Struct("<HH")
 ITEM_POINTER_SIZE = ITEM_POINTER.size
 T_INFO_OFF = 6
 # BTDeletedPageData: safexid u64 (FullTransactionId)
@@ -212,6 +214,11 @@ def _block_data(rec: DecodedRecord, block_id: int, what: str) -> bytes:
     return blk.data
 
 
+def _u16_array(data: Buffer, offset: int, n: int) -> list[int]:
+    """``n`` uint16 (OffsetNumber) values at ``offset``; the caller checked the length."""
+    return [v for (v,) in U16.iter_unpack(data[offset:offset + 2 * n])]
+
+
 def _blkno(rec: DecodedRecord, block_id: int) -> int | None:
     blk = rec.block(block_id)
     return None if blk is None else blk.blkno
@@ -219,21 +226,34 @@ def _blkno(rec: DecodedRecord, block_id: int) -> int | None:
 
 # --------------------------------------------------------------------------- page helpers
 
+def _opaque_off(page: bytearray) -> int:
+    """Where BTPageGetOpaque points: pd_special, which must leave room for the opaque."""
+    special = pd_special(page)
+    if special < SIZE_OF_PAGE_HEADER or special + BT_PAGE_OPAQUE_SIZE > BLCKSZ:
+        raise CorruptionError(f"btree page has pd_special {special}: no room for "
+                              "BTPageOpaqueData")
+    return special
+
+
 def bt_page_get_opaque(page: bytearray) -> BTPageOpaque:
     """BTPageGetOpaque: the special area at pd_special."""
-    return BTPageOpaque._make(BT_PAGE_OPAQUE.unpack_from(page, pd_special(page)))
+    return BTPageOpaque._make(BT_PAGE_OPAQUE.unpack_from(page, _opaque_off(page)))
 
 
 def _set_opaque(page: bytearray, opaque: BTPageOpaque) -> None:
-    BT_PAGE_OPAQUE.pack_into(page, pd_special(page), *opaque)
+    BT_PAGE_OPAQUE.pack_into(page, _opaque_off(page), *opaque)
+
+
+def _set_opaque_u32(page: bytearray, field_off: int, value: int) -> None:
+    U32.pack_into(page, _opaque_off(page) + field_off, value)
 
 
 def _set_flags(page: bytearray, flags: int) -> None:
-    U16.pack_into(page, pd_special(page) + BT_OPAQUE_FLAGS_OFF, flags)
+    U16.pack_into(page, _opaque_off(page) + BT_OPAQUE_FLAGS_OFF, flags)
 
 
 def _flags(page: bytearray) -> int:
-    return int(U16.unpack_from(page, pd_special(page) + BT_OPAQUE_FLAGS_OFF)[0])
+    return int(U16.unpack_from(page, _opaque_off(page) + BT_OPAQUE_FLAGS_OFF)[0])
 
 
 def bt_pageinit(page: bytearray) -> None:
@@ -288,13 +308,13 @@ def _posid(itup: Buffer) -> int:
 
 def _tid_block(itup: Buffer) -> int:
     """ItemPointerGetBlockNumberNoCheck(&itup->t_tid)."""
-    hi, lo = struct.unpack_from("<HH", itup, 0)
+    hi, lo = BLOCK_ID.unpack_from(itup, 0)
     return int((hi << 16) | lo)
 
 
 def _set_tid_block(itup: bytearray, blkno: int, offset: int = 0) -> None:
     """ItemPointerSetBlockNumber(&itup->t_tid, blkno)."""
-    struct.pack_into("<HH", itup, offset, blkno >> 16, blkno & 0xFFFF)
+    BLOCK_ID.pack_into(itup, offset, blkno >> 16, blkno & 0xFFFF)
 
 
 def bt_tuple_is_posting(itup: Buffer) -> bool:
@@ -492,13 +512,13 @@ def _redo_insert(rec: DecodedRecord, page: bytearray, posting: bool) -> None:
         if len(orignewitem) < INDEX_TUPLE.size:
             raise CorruptWalError(f"BTREE INSERT_POST record at {rec.lsn}: no new item")
         newitem = bytearray(orignewitem[:index_tuple_size(orignewitem)])
+        if len(newitem) != len(orignewitem):
+            raise CorruptWalError(f"BTREE INSERT_POST record at {rec.lsn}: new item size "
+                                  f"{len(newitem)} but {len(orignewitem)} bytes logged")
         opost_off, oposting = _get_item_bytes(page, offnum - 1, "INSERT_POST")
         nposting = bt_swap_posting(newitem, oposting, postingoff)
         # memcpy(oposting, nposting, MAXALIGN(IndexTupleSize(nposting)))
         page[opost_off:opost_off + len(nposting)] = nposting
-        if len(newitem) != len(orignewitem):
-            raise CorruptWalError(f"BTREE INSERT_POST record at {rec.lsn}: new item size "
-                                  f"{len(newitem)} but {len(orignewitem)} bytes logged")
         _add_item(page, newitem, offnum, "failed to add posting split new item")
     page_set_lsn(page, rec.end_lsn)
 
@@ -593,7 +613,7 @@ def _redo_split(rec: DecodedRecord, block_id: int, page: bytearray,
         rightpagenumber = _blkno(rec, 1)
         if rightpagenumber is None:
             raise CorruptWalError(f"BTREE split record at {rec.lsn} has no block 1")
-        U32.pack_into(page, pd_special(page) + BT_OPAQUE_PREV_OFF, rightpagenumber)
+        _set_opaque_u32(page, BT_OPAQUE_PREV_OFF, rightpagenumber)
         page_set_lsn(page, rec.end_lsn)
     elif block_id == 3 and level > 0:
         _clear_incomplete_split(rec, page)
@@ -662,6 +682,8 @@ def _redo_dedup(rec: DecodedRecord, page: bytearray) -> None:
     state = _DedupState(maxpostingsize=BT_MAX_ITEM_SIZE)
     minoff = p_firstdatakey(opaque)
     maxoff = page_get_max_offset_number(page)
+    if minoff > maxoff:
+        raise CorruptionError(f"btree DEDUP record at {rec.lsn} for a page without items")
     newpage = _temp_page_copy_special(page)
     if opaque.btpo_next != P_NONE:
         _off, hikey = _get_item_bytes(page, P_HIKEY, "dedup")
@@ -698,9 +720,9 @@ def _redo_updates_and_deletes(rec: DecodedRecord, page: bytearray, ndeleted: int
     if len(data) < need:
         raise CorruptWalError(f"BTREE {what} record at {rec.lsn}: {len(data)} bytes of block "
                               f"data, expected at least {need}")
-    deleted = list(struct.unpack_from(f"<{ndeleted}H", data, 0))
+    deleted = _u16_array(data, 0, ndeleted)
     if nupdated > 0:
-        updatedoffsets = struct.unpack_from(f"<{nupdated}H", data, 2 * ndeleted)
+        updatedoffsets = _u16_array(data, 2 * ndeleted, nupdated)
         pos = need
         for updatedoffset in updatedoffsets:
             (ndeletedtids,) = _unpack(U16, data, what, rec, pos)
@@ -708,7 +730,7 @@ def _redo_updates_and_deletes(rec: DecodedRecord, page: bytearray, ndeleted: int
             if pos + 2 * ndeletedtids > len(data):
                 raise CorruptWalError(f"BTREE {what} record at {rec.lsn}: update entry "
                                       "runs past the block data")
-            deletetids = list(struct.unpack_from(f"<{ndeletedtids}H", data, pos))
+            deletetids = _u16_array(data, pos, ndeletedtids)
             pos += 2 * ndeletedtids
             off, _item = _get_item_bytes(page, updatedoffset, what)
             origtuple = bytes(page[off:off + index_tuple_size(page, off)])
@@ -747,7 +769,7 @@ def _redo_unlink_page(rec: DecodedRecord, block_id: int, page: bytearray,
     (leftsib, rightsib, level, safexid, leafleftsib, leafrightsib,
      leaftopparent) = _unpack(XL_BTREE_UNLINK_PAGE, rec.main_data, "unlink_page", rec)
     if block_id == 1 and leftsib != P_NONE:
-        U32.pack_into(page, pd_special(page) + BT_OPAQUE_NEXT_OFF, rightsib)
+        _set_opaque_u32(page, BT_OPAQUE_NEXT_OFF, rightsib)
     elif block_id == 0:
         bt_pageinit(page)
         # BTPageSetDeleted, then BTP_LEAF for a leaf
@@ -757,7 +779,7 @@ def _redo_unlink_page(rec: DecodedRecord, block_id: int, page: bytearray,
         set_pd_upper(page, pd_special(page))
         BT_DELETED_PAGE.pack_into(page, SIZE_OF_PAGE_HEADER, safexid)
     elif block_id == 2:
-        U32.pack_into(page, pd_special(page) + BT_OPAQUE_PREV_OFF, leftsib)
+        _set_opaque_u32(page, BT_OPAQUE_PREV_OFF, leftsib)
     elif block_id == 3:
         _init_half_dead_leaf(page, leafleftsib, leafrightsib, leaftopparent)
     elif block_id == 4 and info == XLOG_BTREE_UNLINK_PAGE_META:

@@ -19,10 +19,11 @@ A value is a page image, or a record that changes the previous version of its ke
     0x06 TruncateVm              trunc_byte u32, trunc_offs u8: clear map bits from there
                                  on this (new last) VM page (smgr truncate, no LSN change)
     0x07 FsmTruncate             first_removed_slot u32: fsm_truncate_avail on this page
-    0x08 Materialize             has_image u8, [image_len u32, image], n u32, then n x
-                                 (lsn u64, len u32, value): a self-contained chain (a base
-                                 image and the values after it) that redo applies in
-                                 order; will_init.  Written where a page is copied as of
+    0x08 Materialize             source key (18 bytes), has_image u8, [image_len u32,
+                                 image], n u32, then n x (lsn u64, len u32, value): a
+                                 self-contained chain of the source key (a base image and
+                                 the values after it) that redo applies in order;
+                                 will_init.  Written where a page is copied as of
                                  an LSN (CREATE DATABASE ... FILE_COPY) without
                                  reconstructing it during ingest.
 
@@ -112,6 +113,7 @@ class FsmTruncate:
 
 @dataclass(frozen=True, slots=True)
 class Materialize:
+    source_key: bytes  # the key whose chain this is (its records refer to that key)
     image: bytes | None
     values: tuple[tuple[int, bytes], ...]  # (lsn, encoded value), oldest first
 
@@ -155,8 +157,10 @@ def fsm_truncate(first_removed_slot: int) -> bytes:
     return FSM_TRUNCATE.pack(TAG_FSM_TRUNCATE, first_removed_slot)
 
 
-def materialize(image: bytes | None, chain: list[tuple[int, bytes]]) -> bytes:
-    parts = [bytes([TAG_MATERIALIZE, 1 if image is not None else 0])]
+def materialize(source_key: bytes, image: bytes | None, chain: list[tuple[int, bytes]]) -> bytes:
+    if len(source_key) != 18:
+        raise ValueError("a Materialize value needs the 18-byte source key")
+    parts = [bytes([TAG_MATERIALIZE]), source_key, bytes([1 if image is not None else 0])]
     if image is not None:
         parts.append(U32.pack(len(image)))
         parts.append(image)
@@ -226,9 +230,12 @@ def decode_record_value(value: bytes) -> Record:
             _, slot = FSM_TRUNCATE.unpack(value)
             return FsmTruncate(slot)
         if tag == TAG_MATERIALIZE:
-            pos = 2
+            source_key = value[1:19]
+            if len(source_key) != 18:
+                raise CorruptionError("Materialize value: truncated source key")
+            pos = 20
             image: bytes | None = None
-            if value[1]:
+            if value[19]:
                 (n,) = U32.unpack_from(value, pos)
                 image = value[pos + 4:pos + 4 + n]
                 if len(image) != n:
@@ -247,7 +254,7 @@ def decode_record_value(value: bytes) -> Record:
                 pos += n
             if pos != len(value):
                 raise CorruptionError("Materialize value has trailing bytes")
-            return Materialize(image, tuple(chain))
+            return Materialize(source_key, image, tuple(chain))
     except (struct.error, IndexError) as e:
         raise CorruptionError(f"malformed value (tag {value[:1].hex()}): {e}") from None
     raise CorruptionError(f"unknown value tag {value[:1].hex() or 'none'}")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from pagestore import values
 from pagestore.errors import CorruptionError, CorruptWalError, UnsupportedWalRecord
-from pagestore.keys import BLCKSZ, rel_block_key
+from pagestore.keys import BLCKSZ, Key, rel_block_key
 from pagestore.lsn import Lsn
 from pagestore.pg.rmgr import RmgrId, rmgr_name
 from pagestore.pg.xlogrecord import decode_record, restore_block_image
@@ -33,7 +33,6 @@ from pagestore.redo.bufpage import page_get_lsn, page_is_new, page_set_lsn
 from pagestore.redo.context import ReadMode, RedoContext
 
 if TYPE_CHECKING:
-    from pagestore.keys import Key
     from pagestore.layers.layermap import ValueChain
     from pagestore.pg.xlogrecord import DecodedRecord
 
@@ -126,9 +125,12 @@ def apply_value(ctx: RedoContext, key: Key, lsn: Lsn, value: bytes,
                                   f"{rec_value.block_id}, which is not that key")
         return redo_block(ctx, rec, rec_value.block_id, page)
     if isinstance(rec_value, values.Materialize):
+        # A copy of another key's chain (CREATE DATABASE ... FILE_COPY): its records
+        # refer to the source key.
+        source = Key.from_bytes(rec_value.source_key)
         base = bytearray(rec_value.image) if rec_value.image is not None else None
         for inner_lsn, inner in rec_value.values:
-            base = apply_value(ctx, key, Lsn(inner_lsn), inner, base)
+            base = apply_value(ctx, source, Lsn(inner_lsn), inner, base)
         return base
     if page is None:
         page = bytearray(BLCKSZ)

@@ -40,7 +40,8 @@ class OfflineTimeline:
         if not chain.records:
             assert chain.image is not None, f"no version of {key} at {lsn}"
             return values.image(chain.image)
-        return values.materialize(chain.image, [(int(k), v) for k, v in chain.records])
+        return values.materialize(key.to_bytes(), chain.image,
+                                  [(int(k), v) for k, v in chain.records])
 
 
 def import_and_ingest(backup: Path, start: Lsn, wal_dir: Path, work: Path, *,

@@ -145,7 +145,8 @@ class TimelineIngest:
         if not chain.records:
             assert chain.image is not None
             return values.image(chain.image)
-        return values.materialize(chain.image, [(int(k), v) for k, v in chain.records])
+        return values.materialize(key.to_bytes(), chain.image,
+                                  [(int(k), v) for k, v in chain.records])
 
     # ------------------------------------------------------------------ ingest
     def ingest(self, rec: DecodedRecord) -> list[tuple[Key, Lsn, bytes]]:

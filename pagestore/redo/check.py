@@ -125,6 +125,10 @@ def check_records(records: Iterable[DecodedRecord], ctx: RedoContext,
                                blk.blkno, blk.block_id, None, b"", image,
                                error="our redo left the block nonexistent")
                 continue
+            if ours[10:] == image[10:]:
+                # Equal but for pd_lsn and pd_checksum, which every mask hides (the check
+                # image is taken before PageSetLSN): equal under any mask, no need to mask.
+                continue
             try:
                 a = masking.mask_page(rec.rmid, bytes(ours), blk.rel.forknum, blk.blkno)
             except PagestoreError as e:

@@ -222,11 +222,12 @@ def mask_lp_flags(page: bytearray) -> None:
     maxoff = _page_get_max_offset_number(page)
     if _item_id_off(maxoff + 1) > BLCKSZ:
         raise CorruptionError(f"line pointer array of {maxoff} items runs past the page")
-    for offnum in range(FIRST_OFFSET_NUMBER, maxoff + 1):
-        pos = _item_id_off(offnum)
-        word = int(ITEM_ID.unpack_from(page, pos)[0])
-        if (word & LP_FLAGS_BITS) >> LP_FLAGS_SHIFT != LP_UNUSED:  # ItemIdIsUsed
-            ITEM_ID.pack_into(page, pos, word & ~LP_FLAGS_BITS)
+    if maxoff:
+        fmt = f"<{maxoff}I"
+        words = struct.unpack_from(fmt, page, SIZE_OF_PAGE_HEADER_DATA)
+        # Clearing the flags of an unused pointer changes nothing, so clear them all.
+        struct.pack_into(fmt, page, SIZE_OF_PAGE_HEADER_DATA,
+                         *[w & ~LP_FLAGS_BITS for w in words])
 
 
 def mask_page_content(page: bytearray) -> None:
@@ -256,9 +257,13 @@ def heap_mask(page: bytearray, blkno: int) -> None:
     mask_page_hint_bits(page)
     mask_unused_space(page)
 
-    off = FIRST_OFFSET_NUMBER
-    while off <= _page_get_max_offset_number(page):
-        word = int(ITEM_ID.unpack_from(page, _item_id_off(off))[0])
+    # The loop leaves the page header alone, so MaxOffsetNumber is the same each time.
+    maxoff = _page_get_max_offset_number(page)
+    if _item_id_off(maxoff + 1) > BLCKSZ:
+        raise CorruptionError(f"line pointer array of {maxoff} items runs past the page")
+    words = struct.unpack_from(f"<{maxoff}I", page, SIZE_OF_PAGE_HEADER_DATA) if maxoff else ()
+    u16_unpack, u16_pack, u32_pack = U16.unpack_from, U16.pack_into, U32.pack_into
+    for off, word in enumerate(words, FIRST_OFFSET_NUMBER):
         lp_off = word & 0x7FFF
         lp_flags = (word >> LP_FLAGS_SHIFT) & 0x3
         lp_len = word >> 17
@@ -266,24 +271,26 @@ def heap_mask(page: bytearray, blkno: int) -> None:
             if lp_off + SIZEOF_HEAP_TUPLE_HEADER > BLCKSZ:
                 raise CorruptionError(
                     f"heap tuple header at offset {lp_off} (item {off}) runs past the page")
-            infomask = _u16(page, lp_off + T_INFOMASK_OFF)
+            at = lp_off + T_INFOMASK_OFF
+            infomask = u16_unpack(page, at)[0]
             if infomask & HEAP_XMIN_FROZEN != HEAP_XMIN_FROZEN:
                 infomask &= ~HEAP_XACT_MASK
             else:
                 infomask &= ~(HEAP_XMAX_INVALID | HEAP_XMAX_COMMITTED)
-            U16.pack_into(page, lp_off + T_INFOMASK_OFF, infomask)
-            U32.pack_into(page, lp_off + T_CID_OFF, MASK_MARKER)
-            ip_posid = _u16(page, lp_off + T_CTID_OFF + 4)
-            if ip_posid == SPEC_TOKEN_OFFSET_NUMBER:  # HeapTupleHeaderIsSpeculative
+            u16_pack(page, at, infomask)
+            u32_pack(page, lp_off + T_CID_OFF, MASK_MARKER)
+            if u16_unpack(page, lp_off + T_CTID_OFF + 4)[0] == SPEC_TOKEN_OFFSET_NUMBER:
+                # HeapTupleHeaderIsSpeculative
                 ITEM_POINTER.pack_into(page, lp_off + T_CTID_OFF,
                                        (blkno >> 16) & 0xFFFF, blkno & 0xFFFF, off)
         if lp_len != 0:  # ItemIdHasStorage
-            end = lp_off + maxalign(lp_len)
+            end = lp_off + ((lp_len + 7) & ~7)
             if end > BLCKSZ:
                 raise CorruptionError(
                     f"item {off} at offset {lp_off} length {lp_len} runs past the page")
-            page[lp_off + lp_len:end] = bytes(end - lp_off - lp_len)
-        off += 1
+            pad = end - lp_off - lp_len
+            if pad:
+                page[lp_off + lp_len:end] = bytes(pad)
 
 
 def btree_mask(page: bytearray, blkno: int) -> None:

@@ -72,7 +72,7 @@ def main() -> int:
         tl = import_and_ingest(base / "backup", start, primary.datadir / "pg_wal", base / "layers")
 
         chains: list[ValueChain] = []
-        for name, relnode in rels.items():
+        for relnode in rels.values():
             rel = next(r for r in tl.state.relsizes if r.relnode == relnode
                        and r.forknum == ForkNumber.MAIN and r.dbnode == db)
             for blk in range(tl.state.relsizes[rel]):

@@ -62,11 +62,11 @@ def redo_batch(reqs: list[redo_pb2.RedoRequest]) -> redo_pb2.RedoBatchResponse:
 
 
 class RedoServicer(redo_pb2_grpc.RedoServicer):
-    async def Redo(self, request: redo_pb2.RedoRequest,  # noqa: N802
+    async def Redo(self, request: redo_pb2.RedoRequest,
                    context: Context) -> redo_pb2.RedoResponse:
         return redo_pb2.RedoResponse(page=await asyncio.to_thread(redo_one, request))
 
-    async def RedoBatch(self, request: redo_pb2.RedoBatchRequest,  # noqa: N802
+    async def RedoBatch(self, request: redo_pb2.RedoBatchRequest,
                         context: Context) -> redo_pb2.RedoBatchResponse:
         return await asyncio.to_thread(redo_batch, list(request.requests))
 

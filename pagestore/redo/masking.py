@@ -46,31 +46,32 @@ from collections.abc import Callable
 from pagestore.errors import CorruptionError, UnsupportedWalRecord
 from pagestore.keys import BLCKSZ, ForkNumber
 from pagestore.pg.rmgr import RM_MAX_BUILTIN_ID, RmgrId, rmgr_name
+from pagestore.redo.bufpage import (
+    LSN,
+    PAGE_HEADER,
+    PD_ALL_VISIBLE,
+    PD_CHECKSUM_OFF,
+    PD_FLAGS_OFF,
+    PD_HAS_FREE_LINES,
+    PD_LOWER_OFF,
+    PD_LSN_OFF,
+    PD_PAGE_FULL,
+    PD_PRUNE_XID_OFF,
+    PD_SPECIAL_OFF,
+    PD_UPPER_OFF,
+    SIZE_OF_PAGE_HEADER,
+    U16,
+    U32,
+)
 
 MASK_MARKER = 0
 MAXIMUM_ALIGNOF = 8
 
-# PageHeaderData: pd_lsn.xlogid u32, pd_lsn.xrecoff u32, pd_checksum u16, pd_flags u16,
-# pd_lower u16, pd_upper u16, pd_special u16, pd_pagesize_version u16, pd_prune_xid u32
-PAGE_HEADER = struct.Struct("<IIHHHHHHI")
-SIZE_OF_PAGE_HEADER_DATA = PAGE_HEADER.size  # 24
-PD_LSN_OFF = 0
-PD_CHECKSUM_OFF = 8
-PD_FLAGS_OFF = 10
-PD_LOWER_OFF = 12
-PD_UPPER_OFF = 14
-PD_SPECIAL_OFF = 16
-PD_PAGESIZE_VERSION_OFF = 18
-PD_PRUNE_XID_OFF = 20
+# The page header layout is bufpage.py's (one definition): PageHeaderData, its field
+# offsets and flag bits.
+SIZE_OF_PAGE_HEADER_DATA = SIZE_OF_PAGE_HEADER  # 24
 
-PD_HAS_FREE_LINES = 0x0001
-PD_PAGE_FULL = 0x0002
-PD_ALL_VISIBLE = 0x0004
-
-U16 = struct.Struct("<H")
-U32 = struct.Struct("<I")
-# PageXLogRecPtr: xlogid u32, xrecoff u32 (pd_lsn, and GiST's nsn)
-PAGE_XLOG_REC_PTR = struct.Struct("<II")
+PAGE_XLOG_REC_PTR = LSN  # PageXLogRecPtr: xlogid u32, xrecoff u32 (pd_lsn, GiST's nsn)
 
 # ItemIdData: one u32 bitfield, low bits first on x86-64/aarch64 gcc:
 # lp_off:15 (bits 0-14), lp_flags:2 (bits 15-16), lp_len:15 (bits 17-31)

@@ -18,8 +18,6 @@ under btree_mask.
 from __future__ import annotations
 
 import collections
-import re
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +30,7 @@ from pagestore.redo import btree
 from pagestore.redo.bufpage import page_get_lsn, page_is_new, page_set_lsn
 from pagestore.redo.context import RedoContext
 from pagestore.redo.masking import btree_mask
-from tests.fixtures.postgres import PgFactory
+from tests.fixtures.postgres import PgFactory, pg_basebackup
 
 RM_BTREE_ID = 11
 PD_FLAGS_OFF = 10  # pd_lsn (8 bytes) and pd_checksum (2) come first
@@ -62,14 +60,6 @@ MUST_SEE = {"INSERT_LEAF", "INSERT_UPPER", "SPLIT_L", "SPLIT_R", "NEWROOT", "DED
             "UNLINK_PAGE_META", "META_CLEANUP", "INSERT_META"}
 
 
-def pg_basebackup(primary: PgCluster, target: Path) -> Lsn:
-    subprocess.run([primary.bin("pg_basebackup"), "-h", "127.0.0.1", "-p", str(primary.port),
-                    "-U", primary.user, "-D", str(target), "-X", "none", "-c", "fast",
-                    "--no-sync"], check=True, capture_output=True, timeout=300)
-    label = (target / "backup_label").read_text()
-    m = re.search(r"START WAL LOCATION: ([0-9A-F]+/[0-9A-F]+)", label)
-    assert m, label
-    return Lsn.parse(m.group(1))
 
 
 def run_workload(primary: PgCluster) -> None:

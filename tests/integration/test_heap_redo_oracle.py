@@ -16,9 +16,7 @@ and pd_checksum masked), which PostgreSQL's heap_mask cannot do.
 
 from __future__ import annotations
 
-import re
 import struct
-import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +34,7 @@ from pagestore.redo import heap, masking
 from pagestore.redo.bufpage import page_get_lsn, page_is_new, page_set_lsn
 from pagestore.redo.context import ReadMode, RedoContext
 from pagestore.redo.visibilitymap import vm_truncate
+from tests.fixtures.postgres import pg_basebackup
 
 BLCKSZ = 8192
 RELSEG_SIZE = 131072
@@ -242,14 +241,6 @@ FEATURES = {"insert speculative", "insert all-visible cleared", "delete partitio
             "lock multixact", "multi-insert all-frozen set", "multi-insert all-visible cleared"}
 
 
-def pg_basebackup(primary: PgCluster, target: Path) -> Lsn:
-    subprocess.run([primary.bin("pg_basebackup"), "-X", "none", "-c", "fast", "--no-sync",
-                    "-D", str(target), "-h", "127.0.0.1", "-p", str(primary.port),
-                    "-U", primary.user], check=True, capture_output=True, timeout=600)
-    m = re.search(r"START WAL LOCATION: ([0-9A-F]+/[0-9A-F]+)",
-                  (target / "backup_label").read_text())
-    assert m, "no START WAL LOCATION in backup_label"
-    return Lsn.parse(m.group(1))
 
 
 def redo_context(datadir: Path) -> RedoContext:

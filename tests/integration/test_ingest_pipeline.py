@@ -8,7 +8,6 @@ from __future__ import annotations
 import collections
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,25 +18,17 @@ from pagestore.ids import TenantId, TimelineId
 from pagestore.keys import ForkNumber, RelTag, SlruKind
 from pagestore.layers.delta import DeltaLayerReader
 from pagestore.layers.layermap import LayerMap
-from pagestore.lsn import Lsn
 from pagestore.pg.controlfile import ControlFile
 from pagestore.pg.walfiles import find_segments, read_wal_records
 from services.ingest.importer import import_datadir
 from services.ingest.timeline import IngestSettings, TimelineIngest, load_state
 from services.ingest.walingest import WalIngest
+from tests.fixtures.postgres import pg_basebackup
 from tests.workloads import run_maintenance, run_pgbench
 
 REL_FILE = re.compile(r"^(\d+)(?:_(fsm|vm|init))?$")
 
 
-def pg_basebackup(primary, target: Path) -> Lsn:
-    subprocess.run([primary.bin("pg_basebackup"), "-h", "127.0.0.1", "-p", str(primary.port),
-                    "-U", primary.user, "-D", str(target), "-X", "none", "-c", "fast",
-                    "--no-sync"], check=True, capture_output=True, timeout=300)
-    label = (target / "backup_label").read_text()
-    m = re.search(r"START WAL LOCATION: ([0-9A-F]+/[0-9A-F]+)", label)
-    assert m, label
-    return Lsn.parse(m.group(1))
 
 
 def primary_main_forks(datadir: Path) -> dict[RelTag, int]:

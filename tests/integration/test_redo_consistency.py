@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.consistency import compare, pg_basebackup, rebuild, relation_kinds
+from tests.fixtures.consistency import compare, rebuild, relation_kinds
+from tests.fixtures.postgres import pg_basebackup
 from tests.workloads import run_maintenance, run_pgbench, run_sql_file
 
 

@@ -12,6 +12,7 @@ from pagestore.catalog.repo import LayerRecord
 from pagestore.layers.layermap import LayerMap
 from pagestore.lsn import Lsn
 from pagestore.pg.walfiles import find_segments, read_wal_records
+from pagestore.redo.apply import reconstruct
 from pagestore.redo.context import RedoContext
 from services.ingest.importer import import_datadir
 from services.ingest.inmemory import InMemoryLayer
@@ -33,6 +34,15 @@ class OfflineTimeline:
     lsn: Lsn                  # end of the last record ingested
     ctx: RedoContext          # the cluster's settings, for redo
     records: int
+
+    def get_page(self, key: Key, lsn: Lsn) -> bytes | None:
+        """The page (or SLRU page) for ``key`` as of ``lsn``; None if it has no version."""
+        chain = self.layers.get(key, lsn, [self.recent])
+        return reconstruct(self.ctx, chain)
+
+    def get_image(self, key: Key, lsn: Lsn) -> bytes | None:
+        """A metadata key's value as of ``lsn``; None if absent."""
+        return self.layers.get_image(key, lsn, [self.recent])
 
     def read_value(self, key: Key, lsn: Lsn) -> bytes:
         """A self-sufficient value for ``key`` as of ``lsn`` (see WalIngest.read_page)."""

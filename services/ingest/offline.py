@@ -15,7 +15,7 @@ from pagestore.pg.walfiles import find_segments, read_wal_records
 from pagestore.redo.apply import reconstruct
 from pagestore.redo.context import RedoContext
 from services.ingest.importer import import_datadir
-from services.ingest.inmemory import InMemoryLayer
+from pagestore.layers.inmemory import InMemoryLayer
 from services.ingest.walingest import TimelineState, WalIngest
 
 if TYPE_CHECKING:

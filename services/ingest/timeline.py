@@ -44,7 +44,7 @@ from pagestore.layers.delta import DeltaLayerWriter
 from pagestore.layers.layermap import LayerMap
 from pagestore.lsn import Lsn
 from pagestore.pg.controlfile import CheckPoint
-from services.ingest.inmemory import InMemoryLayer
+from pagestore.layers.inmemory import InMemoryLayer
 from services.ingest.walingest import TimelineState, WalIngest
 
 if TYPE_CHECKING:

@@ -1,19 +1,207 @@
-"""The page-read service process: ``page_api.PageService`` and
-``pagestore.pageread.v1.PageReadExtras`` on one gRPC port.
+"""The page-read service process: ``page_api.PageService`` (wire-compatible with Neon's)
+and ``pagestore.pageread.v1.PageReadExtras`` on one gRPC port.
 
-It checks the catalog revision at start.  The read path lands with the page-read issue;
-until then the process serves health checks only.
+Validation and status codes follow shared/reference/neon-protocols.md section 2:
+tenant, timeline and shard come from the request metadata (``neon-tenant-id``,
+``neon-timeline-id``, ``neon-shard-id``; missing or invalid: INVALID_ARGUMENT; only shard
+0000 / unsharded is served); GetPages answers every request in order with a status code
+inside the response, and ends the stream only for errors that are not the request's
+(UNAVAILABLE and the like).
 """
 
 from __future__ import annotations
 
+import datetime
 import sys
+from typing import TYPE_CHECKING, Any
 
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from pagestore.errors import BadRequest, PagestoreError
+from pagestore.grpcutil import SHARD_METADATA_KEY, TENANT_METADATA_KEY, TIMELINE_METADATA_KEY
+from pagestore.ids import TenantId, TimelineId
+from pagestore.keys import RelTag, SlruKind
+from pagestore.lsn import Lsn
+from pagestore.proto import page_service_pb2 as pb
+from pagestore.proto import page_service_pb2_grpc, pageread_pb2, pageread_pb2_grpc
 from pagestore.service import ServiceContext, run_service
+from services.pageread.backup import stream_backup
+from services.pageread.manager import PageReadManager
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from services.pageread.timeline import TimelineReader
+
+    Context = grpc.aio.ServicerContext[Any, Any]
+
+LEASE_LENGTH = datetime.timedelta(minutes=10)
+STATUS_BY_CODE = {
+    grpc.StatusCode.NOT_FOUND: pb.GET_PAGE_STATUS_CODE_NOT_FOUND,
+    grpc.StatusCode.INVALID_ARGUMENT: pb.GET_PAGE_STATUS_CODE_INVALID_REQUEST,
+    grpc.StatusCode.FAILED_PRECONDITION: pb.GET_PAGE_STATUS_CODE_INVALID_REQUEST,
+    grpc.StatusCode.ALREADY_EXISTS: pb.GET_PAGE_STATUS_CODE_INVALID_REQUEST,
+    grpc.StatusCode.OUT_OF_RANGE: pb.GET_PAGE_STATUS_CODE_INVALID_REQUEST,
+    grpc.StatusCode.INTERNAL: pb.GET_PAGE_STATUS_CODE_INTERNAL_ERROR,
+    grpc.StatusCode.DATA_LOSS: pb.GET_PAGE_STATUS_CODE_INTERNAL_ERROR,
+    grpc.StatusCode.DEADLINE_EXCEEDED: pb.GET_PAGE_STATUS_CODE_INTERNAL_ERROR,  # LSN timeout
+    grpc.StatusCode.UNIMPLEMENTED: pb.GET_PAGE_STATUS_CODE_INTERNAL_ERROR,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: pb.GET_PAGE_STATUS_CODE_SLOW_DOWN,
+}
+
+
+def request_ids(context: Context) -> tuple[TenantId, TimelineId]:
+    md = {k: v for k, v in context.invocation_metadata() or ()}
+    for name in (TENANT_METADATA_KEY, TIMELINE_METADATA_KEY, SHARD_METADATA_KEY):
+        if name not in md:
+            raise BadRequest(f"missing request metadata {name}")
+    try:
+        tenant = TenantId.parse(str(md[TENANT_METADATA_KEY]))
+        timeline = TimelineId.parse(str(md[TIMELINE_METADATA_KEY]))
+    except ValueError as e:
+        raise BadRequest(str(e)) from None
+    shard = str(md[SHARD_METADATA_KEY])
+    if len(shard) != 4 or not all(c in "0123456789abcdefABCDEF" for c in shard):
+        raise BadRequest(f"invalid {SHARD_METADATA_KEY} {shard!r}: expected NNCC hex")
+    if int(shard[:2], 16) != 0:
+        raise BadRequest(f"shard {shard} is not served here (only shard 0 / unsharded)")
+    return tenant, timeline
+
+
+def rel_tag(rel: pb.RelTag) -> RelTag:
+    if rel.fork_number > 255:
+        raise BadRequest(f"invalid fork number {rel.fork_number}")
+    return RelTag(rel.spc_oid, rel.db_oid, rel.rel_number, rel.fork_number)
+
+
+class PageService(page_service_pb2_grpc.PageServiceServicer):
+    def __init__(self, manager: PageReadManager) -> None:
+        self.manager = manager
+
+    async def _reader(self, context: Context) -> TimelineReader:
+        tenant, timeline = request_ids(context)
+        return await self.manager.reader(tenant, timeline)
+
+    async def _effective(self, r: TimelineReader, read_lsn: pb.ReadLsn) -> Any:
+        if not read_lsn.request_lsn:
+            raise BadRequest("required field 'read_lsn.request_lsn' is missing")
+        return await r.effective_lsn(read_lsn.request_lsn, read_lsn.not_modified_since_lsn)
+
+    async def GetPages(self, request_iterator: AsyncIterator[pb.GetPageRequest],
+                       context: Context) -> AsyncIterator[pb.GetPageResponse]:
+        r = await self._reader(context)
+        async for req in request_iterator:
+            resp = pb.GetPageResponse(request_id=req.request_id)
+            try:
+                if not req.HasField("request_id"):
+                    raise BadRequest("required field 'request_id' is missing")
+                if not req.HasField("read_lsn"):
+                    raise BadRequest("required field 'read_lsn' is missing")
+                if not req.HasField("rel"):
+                    raise BadRequest("required field 'rel' is missing")
+                if not req.block_number:
+                    raise BadRequest("required field 'block_number' is missing")
+                rel = rel_tag(req.rel)
+                lsn = await self._effective(r, req.read_lsn)
+                blocks = list(req.block_number)
+                pages = await r.rel_pages(rel, blocks, lsn)
+                resp.status_code = pb.GET_PAGE_STATUS_CODE_OK
+                resp.rel.CopyFrom(req.rel)
+                resp.page.extend(pb.Page(block_number=b, image=p) for b, p in zip(blocks, pages, strict=True))
+            except PagestoreError as e:
+                code = STATUS_BY_CODE.get(e.grpc_code)
+                if code is None:
+                    raise  # e.g. UNAVAILABLE: ends the stream (grpcutil maps it)
+                resp.status_code = code
+                resp.reason = e.message
+            yield resp
+
+    async def GetRelSize(self, request: pb.GetRelSizeRequest,
+                         context: Context) -> pb.GetRelSizeResponse:
+        r = await self._reader(context)
+        lsn = await self._effective(r, request.read_lsn)
+        n = r.rel_size(rel_tag(request.rel), lsn, allow_missing=request.allow_missing)
+        if n is None:
+            return pb.GetRelSizeResponse(num_blocks=0, missing=True)
+        return pb.GetRelSizeResponse(num_blocks=n)
+
+    async def GetDbSize(self, request: pb.GetDbSizeRequest,
+                        context: Context) -> pb.GetDbSizeResponse:
+        r = await self._reader(context)
+        lsn = await self._effective(r, request.read_lsn)
+        return pb.GetDbSizeResponse(num_bytes=r.db_size(request.db_oid, lsn))
+
+    async def GetSlruSegment(self, request: pb.GetSlruSegmentRequest,
+                             context: Context) -> pb.GetSlruSegmentResponse:
+        r = await self._reader(context)
+        if request.kind > 2:
+            raise BadRequest(f"invalid SLRU kind {request.kind}")
+        lsn = await self._effective(r, request.read_lsn)
+        data = await r.slru_segment(SlruKind(request.kind), request.segno, lsn)
+        return pb.GetSlruSegmentResponse(segment=data)
+
+    async def GetBaseBackup(self, request: pb.GetBaseBackupRequest,
+                            context: Context) -> AsyncIterator[pb.GetBaseBackupResponseChunk]:
+        r = await self._reader(context)
+        if request.compression == pb.BASE_BACKUP_COMPRESSION_UNKNOWN:
+            raise BadRequest("compression must be NONE or GZIP")
+        lsn = Lsn(request.lsn) if request.lsn else r.last_record_lsn
+        lsn = await r.effective_lsn(lsn, 0)
+        async for chunk in stream_backup(
+                r, lsn, prev_lsn=None, full=request.full, replica=request.replica,
+                compress=request.compression == pb.BASE_BACKUP_COMPRESSION_GZIP):
+            yield pb.GetBaseBackupResponseChunk(chunk=chunk)
+
+    async def LeaseLsn(self, request: pb.LeaseLsnRequest,
+                       context: Context) -> pb.LeaseLsnResponse:
+        r = await self._reader(context)
+        if not request.lsn:
+            raise BadRequest("required field 'lsn' is missing")
+        if request.lsn < r.gc_cutoff_lsn:
+            from pagestore.errors import FailedPrecondition
+
+            raise FailedPrecondition(f"cannot lease LSN below the GC cutoff {r.gc_cutoff_lsn}")
+        until = datetime.datetime.now(datetime.UTC) + LEASE_LENGTH
+        await self.manager.add_lease(r, request.lsn, until)
+        ts = Timestamp()
+        ts.FromDatetime(until)
+        return pb.LeaseLsnResponse(expires=ts)
+
+
+class PageReadExtras(pageread_pb2_grpc.PageReadExtrasServicer):
+    def __init__(self, manager: PageReadManager) -> None:
+        self.manager = manager
+
+    async def GetFullBackup(self, request: pageread_pb2.GetFullBackupRequest,
+                            context: Context) -> AsyncIterator[pageread_pb2.BackupChunk]:
+        tenant, timeline = request_ids(context)
+        r = await self.manager.reader(tenant, timeline)
+        lsn = await r.effective_lsn(request.lsn or r.last_record_lsn, 0)
+        async for chunk in stream_backup(r, lsn, prev_lsn=Lsn(request.prev_lsn) or None,
+                                         full=True):
+            yield pageread_pb2.BackupChunk(chunk=chunk)
+
+    async def ListRelations(self, request: pageread_pb2.ListRelationsRequest,
+                            context: Context) -> pageread_pb2.ListRelationsResponse:
+        tenant, timeline = request_ids(context)
+        r = await self.manager.reader(tenant, timeline)
+        lsn = await r.effective_lsn(request.lsn or r.last_record_lsn, 0)
+        return pageread_pb2.ListRelationsResponse(relations=[
+            pageread_pb2.RelationFork(spc_oid=rel.spcnode, db_oid=rel.dbnode,
+                                      rel_number=rel.relnode, fork_number=rel.forknum,
+                                      num_blocks=n)
+            for rel, n in r.list_relations(request.spc_oid, request.db_oid, lsn)])
 
 
 async def setup(ctx: ServiceContext) -> None:
-    return None
+    assert ctx.catalog is not None
+    manager = PageReadManager(ctx.catalog, ctx.workdir, ctx.config)
+    await manager.start()
+    page_service_pb2_grpc.add_PageServiceServicer_to_server(PageService(manager), ctx.grpc.server)
+    pageread_pb2_grpc.add_PageReadExtrasServicer_to_server(PageReadExtras(manager),
+                                                           ctx.grpc.server)
+    ctx.grpc.on_shutdown.append(manager.shutdown)
 
 
 def main() -> int:

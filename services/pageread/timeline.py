@@ -1,0 +1,258 @@
+"""TimelineReader: one timeline's read path in the page-read service.
+
+Where a version of a key can be (ARCHITECTURE.md, "Data flow"):
+
+- layer files registered in the catalog, up to the timeline's disk_consistent_lsn
+  (the LayerMap, reloaded when the catalog NOTIFYs a change);
+- the recent tail above it, streamed from the ingest service (SubscribeWal) and kept
+  here in memory until a layer file covers it.
+
+A read at LSN X walks tail then layers (LayerMap.get), then redo turns the chain into a
+page: an image alone needs nothing; records go to the redo service in one batch per
+request.  Metadata reads (sizes, directories, SLRU segments) read images only.
+
+LSN rules (shared/reference/neon-protocols.md section 5.2): request_lsn 0 or below
+not_modified_since is a bad request; below the GC cutoff or the first readable LSN (the
+end of the base backup) is out of range, naming it; the effective LSN is
+not_modified_since when that is ahead of the last record (then wait for it), else
+min(last record, request_lsn).  Waits are bounded (pageread.wait_lsn_timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from pagestore import metadata
+from pagestore.errors import BadRequest, LsnOutOfRange, LsnTimeout, NotFound
+from pagestore.keys import (
+    BLCKSZ,
+    DEFAULTTABLESPACE_OID,
+    ForkNumber,
+    Key,
+    RelTag,
+    SlruKind,
+    rel_block_key,
+    rel_dir_key,
+    rel_size_key,
+    slru_block_key,
+    slru_segment_size_key,
+)
+from pagestore.layers.inmemory import InMemoryLayer
+from pagestore.lsn import Lsn
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from pagestore.ids import TenantId, TimelineId
+    from pagestore.layers.layermap import LayerMap, ValueChain
+
+log = logging.getLogger(__name__)
+
+ZERO_PAGE = bytes(BLCKSZ)
+
+
+@dataclass(slots=True)
+class RecentTail:
+    """Values above the layer files' disk_consistent_lsn, in chunks by LSN."""
+
+    chunks: list[InMemoryLayer] = field(default_factory=list)
+    last_record_lsn: Lsn = Lsn.INVALID
+    disk_consistent_lsn: Lsn = Lsn.INVALID
+
+    def add(self, values: list[tuple[bytes, int, bytes]]) -> None:
+        if not values:
+            return
+        if not self.chunks or self.chunks[-1].count >= 100_000:
+            self.chunks.append(InMemoryLayer(Lsn(values[0][1])))
+        chunk = self.chunks[-1]
+        for kb, lsn, value in values:
+            chunk.put(Key.from_bytes(kb), Lsn(lsn), value)
+
+    def drop_through(self, lsn: Lsn) -> None:
+        """Forget chunks whose every value is at or below ``lsn`` (now in layer files)."""
+        keep = []
+        for c in self.chunks:
+            top = max((lsns[-1] for lsns, _ in c.entries.values()), default=0)
+            if top > lsn:
+                keep.append(c)
+        self.chunks = keep
+
+
+class PageCache:
+    """A bounded LRU of materialized pages keyed by (key, effective LSN)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._pages: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, key: Key, lsn: Lsn) -> bytes | None:
+        k = (key.to_bytes(), int(lsn))
+        page = self._pages.get(k)
+        if page is None:
+            self.misses += 1
+            return None
+        self._pages.move_to_end(k)
+        self.hits += 1
+        return page
+
+    def put(self, key: Key, lsn: Lsn, page: bytes) -> None:
+        if self.capacity <= 0:
+            return
+        self._pages[(key.to_bytes(), int(lsn))] = page
+        if len(self._pages) > self.capacity:
+            self._pages.popitem(last=False)
+
+    def clear(self) -> None:
+        self._pages.clear()
+
+
+class TimelineReader:
+    def __init__(self, tenant_id: TenantId, timeline_id: TimelineId, layers: LayerMap, *,
+                 min_readable_lsn: Lsn, gc_cutoff_lsn: Lsn, wait_timeout: float,
+                 redo: Callable[[list[ValueChain]], Awaitable[list[bytes | Exception]]],
+                 cache_pages: int) -> None:
+        self.tenant_id = tenant_id
+        self.timeline_id = timeline_id
+        self.layers = layers
+        self.tail = RecentTail()
+        self.min_readable_lsn = min_readable_lsn
+        self.gc_cutoff_lsn = gc_cutoff_lsn
+        self.wait_timeout = wait_timeout
+        self._redo = redo
+        self.cache = PageCache(cache_pages)
+        self.progress = asyncio.Condition()
+
+    # ------------------------------------------------------------------ LSNs
+    @property
+    def last_record_lsn(self) -> Lsn:
+        return self.tail.last_record_lsn
+
+    async def advance(self, last_record_lsn: Lsn, disk_consistent_lsn: Lsn) -> None:
+        self.tail.last_record_lsn = max(self.tail.last_record_lsn, last_record_lsn)
+        self.tail.disk_consistent_lsn = max(self.tail.disk_consistent_lsn, disk_consistent_lsn)
+        async with self.progress:
+            self.progress.notify_all()
+
+    async def wait_for(self, lsn: Lsn, timeout: float | None = None) -> None:
+        if self.tail.last_record_lsn >= lsn:
+            return
+        timeout = self.wait_timeout if timeout is None else timeout
+        try:
+            async with self.progress:
+                await asyncio.wait_for(
+                    self.progress.wait_for(lambda: self.tail.last_record_lsn >= lsn), timeout)
+        except TimeoutError:
+            raise LsnTimeout(f"LSN timeout: timed out after {timeout:.1f}s waiting for WAL up "
+                             f"to {lsn} (last record {self.tail.last_record_lsn})") from None
+
+    async def effective_lsn(self, request_lsn: int, not_modified_since: int) -> Lsn:
+        """The LSN a request is served at (neon-protocols.md 5.2), waiting if needed."""
+        if request_lsn == 0:
+            raise BadRequest("invalid LSN(0) in request")
+        if not_modified_since == 0:
+            not_modified_since = request_lsn
+        if request_lsn < not_modified_since:
+            raise BadRequest(f"invalid request with request LSN {Lsn(request_lsn)} and "
+                             f"not_modified_since {Lsn(not_modified_since)}")
+        if request_lsn < self.gc_cutoff_lsn:
+            raise LsnOutOfRange(f"tried to request a page version that was garbage "
+                                f"collected. requested at {Lsn(request_lsn)} gc cutoff "
+                                f"{self.gc_cutoff_lsn}")
+        last = self.tail.last_record_lsn
+        if not_modified_since > last:
+            await self.wait_for(Lsn(not_modified_since))
+            effective = Lsn(not_modified_since)
+        else:
+            effective = Lsn(min(last, request_lsn))
+        if effective < self.min_readable_lsn:
+            raise LsnOutOfRange(
+                f"LSN {effective} is below {self.min_readable_lsn}, the first readable LSN of "
+                f"timeline {self.timeline_id} (where its base backup becomes consistent)")
+        return effective
+
+    # ------------------------------------------------------------------ metadata
+    def image(self, key: Key, lsn: Lsn) -> bytes | None:
+        return self.layers.get_image(key, lsn, self.tail.chunks)
+
+    def rel_size(self, rel: RelTag, lsn: Lsn, *, allow_missing: bool = False) -> int | None:
+        """Blocks in a relation fork; a missing FSM or VM fork is 0 (PostgreSQL creates
+        them without WAL); a missing main fork is NotFound unless allow_missing."""
+        if rel.relnode == 0:
+            raise BadRequest(f"invalid relation {rel}: relnode 0")
+        raw = self.image(rel_size_key(rel), lsn)
+        if raw is None:
+            if rel.forknum in (ForkNumber.FSM, ForkNumber.VISIBILITYMAP):
+                return 0
+            if allow_missing:
+                return None
+            raise NotFound(f"Not found: relation {rel} does not exist at {lsn}")
+        return metadata.decode_nblocks(raw)
+
+    def rel_exists(self, rel: RelTag, lsn: Lsn) -> bool:
+        if rel.relnode == 0:
+            raise BadRequest(f"invalid relation {rel}: relnode 0")
+        raw = self.image(rel_dir_key(rel.spcnode, rel.dbnode), lsn)
+        return raw is not None and (rel.relnode, rel.forknum) in metadata.decode_reldir(raw)
+
+    def list_relations(self, spcnode: int, dbnode: int, lsn: Lsn) -> list[tuple[RelTag, int]]:
+        raw = self.image(rel_dir_key(spcnode, dbnode), lsn)
+        out = []
+        for relnode, fork in sorted(metadata.decode_reldir(raw) if raw else set()):
+            rel = RelTag(spcnode, dbnode, relnode, fork)
+            size = self.image(rel_size_key(rel), lsn)
+            out.append((rel, metadata.decode_nblocks(size) if size else 0))
+        return out
+
+    def db_size(self, dbnode: int, lsn: Lsn) -> int:
+        return sum(n for _, n in self.list_relations(DEFAULTTABLESPACE_OID, dbnode, lsn)) * BLCKSZ
+
+    async def slru_segment(self, kind: SlruKind, segno: int, lsn: Lsn) -> bytes:
+        raw = self.image(slru_segment_size_key(kind, segno), lsn)
+        if raw is None:
+            raise NotFound(f"Not found: SLRU segment {kind.directory}/{segno:04X} does not "
+                           f"exist at {lsn}")
+        n = metadata.decode_nblocks(raw)
+        pages = await self.pages([slru_block_key(kind, segno, b) for b in range(n)], lsn)
+        return b"".join(p[:BLCKSZ] for p in pages)
+
+    # ------------------------------------------------------------------ pages
+    async def pages(self, keys: list[Key], lsn: Lsn) -> list[bytes]:
+        """Pages of ``keys`` as of ``lsn``; one redo batch for all that need redo."""
+        out: list[bytes | None] = [None] * len(keys)
+        todo: list[tuple[int, ValueChain]] = []
+        for i, key in enumerate(keys):
+            cached = self.cache.get(key, lsn)
+            if cached is not None:
+                out[i] = cached
+                continue
+            chain = self.layers.get(key, lsn, self.tail.chunks)
+            if not chain.found:
+                raise NotFound(f"Not found: no version of key {key} at or below {lsn}")
+            if not chain.records:
+                assert chain.image is not None
+                out[i] = chain.image
+                self.cache.put(key, lsn, chain.image)
+            else:
+                todo.append((i, chain))
+        if todo:
+            results = await self._redo([c for _, c in todo])
+            for (i, chain), result in zip(todo, results, strict=True):
+                if isinstance(result, Exception):
+                    raise result
+                out[i] = result
+                self.cache.put(chain.key, lsn, result)
+        return [p if p is not None else ZERO_PAGE for p in out]
+
+    async def rel_pages(self, rel: RelTag, blocks: list[int], lsn: Lsn) -> list[bytes]:
+        """GetPage semantics: blocks past the relation's end are zero pages."""
+        nblocks = self.rel_size(rel, lsn)
+        assert nblocks is not None
+        inside = [b for b in blocks if b < nblocks]
+        got = dict(zip(inside, await self.pages([rel_block_key(rel, b) for b in inside], lsn),
+                       strict=True))
+        return [got.get(b, ZERO_PAGE) for b in blocks]

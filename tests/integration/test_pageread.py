@@ -1,0 +1,115 @@
+"""The page-read service over gRPC (Neon's page_api.PageService): pages, sizes and SLRU
+segments of a live timeline equal the primary's, and bad requests get their status."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+
+from pagestore.lsn import Lsn
+from pagestore.pg.rmgr import RmgrId
+from pagestore.proto import page_service_pb2 as pb
+from pagestore.proto import page_service_pb2_grpc
+from pagestore.redo import masking
+from tests.fixtures.stack import StackRunner
+from tests.fixtures.util import wait_until
+from tests.integration.test_ingest_service import attach, caught_up, status
+from tests.workloads import run_pgbench
+
+
+def _metadata(tenant: str, timeline: str) -> tuple[tuple[str, str], ...]:
+    return (("neon-tenant-id", tenant), ("neon-timeline-id", timeline), ("neon-shard-id", "0000"))
+
+
+def test_pages_sizes_and_errors(stack: StackRunner, pg_factory) -> None:
+    primary = pg_factory(settings={"wal_keep_size": "'2GB'", "autovacuum": "off"})
+    stack.init("pageread.wait_lsn_timeout='2s'", "ingest.checkpoint_timeout='1s'")
+    stack.start()
+    tenant, timeline = attach(stack, primary)
+    run_pgbench(primary, scale=1, transactions=400)
+    primary.psql("CHECKPOINT")
+    end = Lsn.parse(primary.psql("SELECT pg_current_wal_flush_lsn()"))
+    wait_until(lambda: caught_up(stack, tenant, timeline, end), timeout=120, what="caught up")
+    db = int(primary.psql("SELECT oid FROM pg_database WHERE datname = 'postgres'"))
+    rels = {}
+    for name in ("pgbench_accounts", "pgbench_accounts_pkey", "pgbench_branches"):
+        rels[name] = (int(primary.psql(f"SELECT pg_relation_filenode('{name}')")),
+                      int(primary.psql(f"SELECT pg_relation_size('{name}')")) // 8192,
+                      primary.psql(f"SELECT pg_relation_filepath('{name}')"))
+    primary.stop()  # its files now hold every page as of the end of the WAL
+    port = stack.status()["services"]["pageread"]["port"]
+    md = _metadata(tenant, timeline)
+    read_lsn = pb.ReadLsn(request_lsn=int(end))
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = page_service_pb2_grpc.PageServiceStub(ch)
+        for name, (relnode, nblocks, path) in rels.items():
+            rel = pb.RelTag(spc_oid=1663, db_oid=db, rel_number=relnode, fork_number=0)
+            size = stub.GetRelSize(pb.GetRelSizeRequest(read_lsn=read_lsn, rel=rel),
+                                   metadata=md, timeout=30)
+            assert size.num_blocks == nblocks, name
+            reqs = [pb.GetPageRequest(request_id=pb.RequestID(id=i), read_lsn=read_lsn, rel=rel,
+                                      block_number=list(range(b, min(b + 16, nblocks))))
+                    for i, b in enumerate(range(0, nblocks, 16))]
+            data = (primary.datadir / path).read_bytes()
+            rmid = RmgrId.BTREE if name.endswith("pkey") else RmgrId.HEAP
+            for resp in stub.GetPages(iter(reqs), metadata=md, timeout=120):
+                assert resp.status_code == pb.GET_PAGE_STATUS_CODE_OK, resp.reason
+                for page in resp.page:
+                    theirs = data[page.block_number * 8192:(page.block_number + 1) * 8192]
+                    if page.image != theirs:
+                        a = masking.mask_page(rmid, page.image, 0, page.block_number)
+                        b = masking.mask_page(rmid, theirs, 0, page.block_number)
+                        assert a == b, (name, page.block_number, masking.first_difference(a, b))
+            # past the end: zero pages, no error
+            past = next(stub.GetPages(iter([pb.GetPageRequest(
+                request_id=pb.RequestID(id=99), read_lsn=read_lsn, rel=rel,
+                block_number=[nblocks + 5])]), metadata=md, timeout=30))
+            assert past.page[0].image == bytes(8192)
+        clog = stub.GetSlruSegment(pb.GetSlruSegmentRequest(read_lsn=read_lsn, kind=0, segno=0),
+                                   metadata=md, timeout=30).segment
+        primary_clog = (primary.datadir / "pg_xact" / "0000").read_bytes()
+        assert clog == primary_clog[:len(clog)] and len(clog) >= 8192
+        dbsize = stub.GetDbSize(pb.GetDbSizeRequest(read_lsn=read_lsn, db_oid=db),
+                                metadata=md, timeout=30).num_bytes
+        assert dbsize >= sum(n for _, n, _ in rels.values()) * 8192
+
+        # Per-request errors come back as status codes; the stream goes on.
+        rel = pb.RelTag(spc_oid=1663, db_oid=db, rel_number=rels["pgbench_branches"][0])
+        bad = [
+            pb.GetPageRequest(request_id=pb.RequestID(id=1), read_lsn=pb.ReadLsn(request_lsn=0),
+                              rel=rel, block_number=[0]),
+            pb.GetPageRequest(request_id=pb.RequestID(id=2), read_lsn=pb.ReadLsn(request_lsn=8),
+                              rel=rel, block_number=[0]),
+            pb.GetPageRequest(request_id=pb.RequestID(id=3), read_lsn=pb.ReadLsn(
+                request_lsn=int(end) + (1 << 30), not_modified_since_lsn=int(end) + (1 << 30)),
+                rel=rel, block_number=[0]),
+            pb.GetPageRequest(request_id=pb.RequestID(id=4), read_lsn=read_lsn,
+                              rel=pb.RelTag(spc_oid=1663, db_oid=db, rel_number=999999),
+                              block_number=[0]),
+            pb.GetPageRequest(request_id=pb.RequestID(id=5), read_lsn=read_lsn, rel=rel,
+                              block_number=[0]),
+        ]
+        got = list(stub.GetPages(iter(bad), metadata=md, timeout=60))
+        assert [r.request_id.id for r in got] == [1, 2, 3, 4, 5]
+        assert got[0].status_code == pb.GET_PAGE_STATUS_CODE_INVALID_REQUEST
+        assert got[1].status_code == pb.GET_PAGE_STATUS_CODE_INVALID_REQUEST
+        assert "first readable LSN" in got[1].reason
+        assert got[2].status_code == pb.GET_PAGE_STATUS_CODE_INTERNAL_ERROR
+        assert "LSN timeout" in got[2].reason
+        assert got[3].status_code == pb.GET_PAGE_STATUS_CODE_NOT_FOUND
+        assert got[4].status_code == pb.GET_PAGE_STATUS_CODE_OK
+
+        def code(md_: tuple[tuple[str, str], ...]) -> grpc.StatusCode:
+            try:
+                stub.GetRelSize(pb.GetRelSizeRequest(read_lsn=read_lsn, rel=rel), metadata=md_,
+                                timeout=30)
+            except grpc.RpcError as e:
+                return e.code()
+            raise AssertionError("accepted")
+
+        assert code(_metadata(tenant, "0" * 32)) == grpc.StatusCode.NOT_FOUND
+        assert code(md[:2]) == grpc.StatusCode.INVALID_ARGUMENT
+        assert code(_metadata("nonsense", timeline)) == grpc.StatusCode.INVALID_ARGUMENT
+    stack.allowed_errors.append(r"rpc failed")
+    assert json.dumps(status(stack, tenant, timeline))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +28,14 @@ import pytest
 from pagestore.basebackup import page_checksum, write_basebackup
 from pagestore.keys import BLCKSZ
 from pagestore.lsn import Lsn
-from pagestore.pg.cluster import PgCluster, as_server_user, free_port, give_to_server_user
+from pagestore.pg.cluster import PgCluster, as_server_user
 from pagestore.pg.controlfile import ControlFile
 from pagestore.pg.rmgr import RmgrId
 from pagestore.pg.xlogrecord import DecodedRecord
 from services.ingest.offline import import_and_ingest
 from tests.fixtures.postgres import PgFactory, pg_basebackup
+from tests.fixtures.restore import amcheck as _amcheck
+from tests.fixtures.restore import restore_backup as _restore
 
 XLOG_XACT_COMMIT = 0x00
 XACT_OPMASK = 0x70
@@ -101,34 +102,6 @@ def _stored_checksums_match(pg: PgCluster) -> int:
                 f"{path} block {blk}"
             checked += 1
     return checked
-
-
-def _restore(tar_path: Path, root: Path, pg: PgCluster) -> PgCluster:
-    datadir = root / "pgdata"
-    root.mkdir()
-    root.chmod(0o755)
-    with tarfile.open(tar_path) as tf:
-        tf.extractall(datadir, filter="tar")
-    datadir.chmod(0o700)
-    for dirpath, dirnames, filenames in os.walk(datadir):
-        give_to_server_user(Path(dirpath))
-        for name in dirnames + filenames:
-            give_to_server_user(Path(dirpath) / name)
-    port = free_port()
-    with open(datadir / "postgresql.conf", "a") as f:
-        f.write(f"listen_addresses = '127.0.0.1'\nport = {port}\n"
-                "unix_socket_directories = ''\nfsync = off\nlogging_collector = off\n")
-    logfile = root / "postgres.log"
-    logfile.touch()
-    give_to_server_user(logfile)
-    return PgCluster(datadir=datadir, port=port, bin_dir=pg.bin_dir, logfile=logfile)
-
-
-def _amcheck(pg: PgCluster) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [pg.bin("pg_amcheck"), "--heapallindexed", "--all", "--install-missing",
-         "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres"],
-        capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.parametrize("checksums", [False, True], ids=["plain", "data_checksums"])

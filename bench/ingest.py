@@ -30,11 +30,11 @@ sys.path.insert(0, str(ROOT))
 from pagestore import values  # noqa: E402
 from pagestore.keys import KEY_MAX, KEY_MIN  # noqa: E402
 from pagestore.layers.delta import DeltaLayerWriter  # noqa: E402
+from pagestore.layers.inmemory import InMemoryLayer  # noqa: E402
 from pagestore.layers.layermap import LayerMap  # noqa: E402
 from pagestore.lsn import Lsn  # noqa: E402
 from pagestore.pg.cluster import PgCluster, find_pg_bin_dir, free_port  # noqa: E402
 from pagestore.pg.walfiles import find_segments, read_wal_records  # noqa: E402
-from pagestore.layers.inmemory import InMemoryLayer  # noqa: E402
 from services.ingest.timeline import load_state  # noqa: E402
 from services.ingest.walingest import WalIngest  # noqa: E402
 

@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 
 from pagestore import values
 from pagestore.catalog.repo import LayerRecord
+from pagestore.layers.inmemory import InMemoryLayer
 from pagestore.layers.layermap import LayerMap
 from pagestore.lsn import Lsn
 from pagestore.pg.walfiles import find_segments, read_wal_records
 from pagestore.redo.apply import reconstruct
 from pagestore.redo.context import RedoContext
 from services.ingest.importer import import_datadir
-from pagestore.layers.inmemory import InMemoryLayer
 from services.ingest.walingest import TimelineState, WalIngest
 
 if TYPE_CHECKING:

@@ -41,10 +41,10 @@ from pagestore.keys import (
     twophase_dir_key,
 )
 from pagestore.layers.delta import DeltaLayerWriter
+from pagestore.layers.inmemory import InMemoryLayer
 from pagestore.layers.layermap import LayerMap
 from pagestore.lsn import Lsn
 from pagestore.pg.controlfile import CheckPoint
-from pagestore.layers.inmemory import InMemoryLayer
 from services.ingest.walingest import TimelineState, WalIngest
 
 if TYPE_CHECKING:

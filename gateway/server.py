@@ -1,13 +1,24 @@
 """The gateway process: a libpq server (Neon's page service protocol) on
-``gateway.listen_pg_addr``, plus a gRPC health service on ``gateway.listen_addr``."""
+``gateway.listen_pg_addr``, plus a gRPC health service on ``gateway.listen_addr``.
+
+Each client connection is served by gateway.session in its own task, and every page
+service command becomes calls to the page-read service at
+``config.service_addr("pageread")`` over one shared gRPC channel (HTTP/2 multiplexes the
+connections' GetPages streams).  TCP_NODELAY is set on every connection, as Neon does.
+At shutdown the listener closes first, then the open connections are cancelled, then the
+channel closes.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import sys
 
 from gateway.session import serve_connection
+from pagestore.grpcutil import channel as grpc_channel
 from pagestore.service import ServiceContext, run_service
 
 log = logging.getLogger(__name__)
@@ -19,13 +30,36 @@ def split_addr(addr: str) -> tuple[str, int]:
 
 
 async def setup(ctx: ServiceContext) -> None:
+    pageread_addr = ctx.config.service_addr("pageread")
+    channel = grpc_channel(pageread_addr)
+    connections: set[asyncio.Task[None]] = set()
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        task = asyncio.current_task()
+        assert task is not None
+        connections.add(task)
+        try:
+            await serve_connection(reader, writer, channel)
+        finally:
+            connections.discard(task)
+
     host, port = split_addr(ctx.config.gateway.listen_pg_addr)
-    server = await asyncio.start_server(serve_connection, host, port)
-    log.info("gateway serving libpq on %s", ctx.config.gateway.listen_pg_addr)
+    server = await asyncio.start_server(on_connect, host, port)
+    log.info("gateway serving libpq on %s, page-read service at %s",
+             ctx.config.gateway.listen_pg_addr, pageread_addr)
 
     async def close() -> None:
         server.close()
+        for task in list(connections):
+            task.cancel()
+        if connections:
+            await asyncio.wait(list(connections), timeout=5)
         await server.wait_closed()
+        await channel.close()
 
     ctx.grpc.on_shutdown.append(close)
 

@@ -14,14 +14,11 @@ import json
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 from pagestore.config import resolve_workdir
 from pagestore.lsn import Lsn
 from pagestore.pg.cluster import PgCluster, find_pg_bin_dir, free_port
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 
 def _cli(workdir: Path, *args: str) -> str:
@@ -70,6 +67,9 @@ def start(workdir: Path) -> None:
                         f"host=127.0.0.1 port={primary.port} user={primary.user}").strip()
         marker.write_text(json.dumps({"tenant": tenant, "timeline": timeline}))
     ids = json.loads(marker.read_text())
+    # A moment to come back to: the balance total now, and the WAL position after it.
+    past_sum = primary.psql("SELECT sum(abalance) FROM pgbench_accounts")
+    past_lsn = Lsn.parse(primary.psql("SELECT pg_current_wal_insert_lsn()"))
     print("demo: running pgbench for 5 seconds")
     subprocess.run([primary.bin("pgbench"), "-c", "2", "-T", "5", *conn, "postgres"],
                    check=True, capture_output=True)
@@ -81,6 +81,13 @@ def start(workdir: Path) -> None:
         if Lsn.parse(st["last_record_lsn"]) >= target or time.monotonic() > deadline:
             break
         time.sleep(0.2)
+    now_sum = primary.psql("SELECT sum(abalance) FROM pgbench_accounts")
+    print(f"demo: taking a full backup at {past_lsn} through the gateway (psql fullbackup)")
+    restored_sum = _restore_past(workdir, primary, ids, past_lsn)
+    print(f"  sum(abalance) on the primary now:              {now_sum}")
+    print(f"  sum(abalance) at {past_lsn}, on the primary:  {past_sum}")
+    print(f"  sum(abalance) in vanilla PostgreSQL restored from pagestore at {past_lsn}: "
+          f"{restored_sum}")
     print()
     print(f"primary: 127.0.0.1:{primary.port} (data in {primary.datadir})")
     print(f"tenant {ids['tenant']}, timeline {ids['timeline']}:")
@@ -90,6 +97,48 @@ def start(workdir: Path) -> None:
     print(_cli(workdir, "status").rstrip())
     print()
     print(f"stop everything with: {sys.executable} -m pagestore.demo stop")
+
+
+def _restore_past(workdir: Path, primary: PgCluster, ids: dict[str, str], lsn: Lsn) -> str:
+    """fullbackup through the gateway with the real psql, then vanilla PostgreSQL on it."""
+    import os
+    import shutil
+    import tarfile
+
+    from pagestore.pg.cluster import give_to_server_user
+
+    status = json.loads(subprocess.run(
+        [sys.executable, "-m", "pagestore.cli", "--workdir", str(workdir), "status", "--json"],
+        capture_output=True, text=True).stdout)
+    gw_port = status["services"]["gateway"]["port"]
+    past = workdir / "demo" / "past"
+    shutil.rmtree(past, ignore_errors=True)
+    past.mkdir(parents=True)
+    past.chmod(0o755)
+    tar_path = past / "fullbackup.tar"
+    subprocess.run([primary.bin("psql"), "-X", "-q", "-h", "127.0.0.1", "-p", str(gw_port),
+                    "-c", f"fullbackup {ids['tenant']} {ids['timeline']} {lsn}",
+                    "-o", str(tar_path)], check=True, capture_output=True, timeout=600)
+    datadir = past / "pgdata"
+    with tarfile.open(tar_path) as tf:
+        tf.extractall(datadir, filter="tar")
+    datadir.chmod(0o700)
+    for root, dirs, files in os.walk(datadir):
+        give_to_server_user(Path(root))
+        for name in dirs + files:
+            give_to_server_user(Path(root) / name)
+    port = free_port()
+    with open(datadir / "postgresql.conf", "a") as f:
+        f.write(f"listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = ''\n")
+    restored = PgCluster(datadir=datadir, port=port, bin_dir=primary.bin_dir,
+                         logfile=past / "postgres.log")
+    restored.logfile.touch()
+    give_to_server_user(restored.logfile)
+    restored.start()
+    try:
+        return restored.psql("SELECT sum(abalance) FROM pgbench_accounts")
+    finally:
+        restored.stop()
 
 
 def stop(workdir: Path) -> None:

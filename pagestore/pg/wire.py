@@ -405,3 +405,74 @@ def parse_copy_response(body: bytes) -> tuple[int, list[int]]:
     formats = [INT16.unpack_from(body, COPY_RESPONSE_HEADER.size + i * INT16.size)[0]
                for i in range(count)]
     return overall, formats
+
+
+# --------------------------------------------------------------------------- backend role
+#
+# What a server (the gateway) sends beyond the handshake: copy responses, result rows,
+# and the extended-query acknowledgements.
+
+TEXT_OID = 25  # pg_type oid of text
+
+
+def copy_out_response(columns: int = 0, overall_format: int = 0) -> bytes:
+    """CopyOutResponse ('H'): overall format, column count, then each column's format."""
+    return message(BackendMessage.COPY_OUT_RESPONSE.value,
+                   COPY_RESPONSE_HEADER.pack(overall_format, columns)
+                   + INT16.pack(overall_format) * columns)
+
+
+def copy_both_response(columns: int = 0, overall_format: int = 0) -> bytes:
+    """CopyBothResponse ('W'): same layout as CopyOutResponse."""
+    return message(BackendMessage.COPY_BOTH_RESPONSE.value,
+                   COPY_RESPONSE_HEADER.pack(overall_format, columns)
+                   + INT16.pack(overall_format) * columns)
+
+
+def row_description(fields: list[FieldDescription]) -> bytes:
+    """RowDescription ('T'): the field count, then each field's name and description."""
+    body = INT16.pack(len(fields)) + b"".join(
+        f.name.encode() + b"\x00" + FIELD_DESCRIPTION.pack(
+            f.table_oid, f.column_number, f.type_oid, f.type_size, f.type_modifier,
+            f.format_code)
+        for f in fields)
+    return message(BackendMessage.ROW_DESCRIPTION.value, body)
+
+
+def text_field(name: str) -> FieldDescription:
+    """A text column not taken from a table (type oid 25, typlen -1, text format)."""
+    return FieldDescription(name, 0, 0, TEXT_OID, -1, -1, 0)
+
+
+def data_row(values: list[bytes | None]) -> bytes:
+    """DataRow ('D'): the column count, then each value with its length (-1: NULL)."""
+    body = INT16.pack(len(values)) + b"".join(
+        INT32.pack(-1) if v is None else INT32.pack(len(v)) + v for v in values)
+    return message(BackendMessage.DATA_ROW.value, body)
+
+
+def parse_complete() -> bytes:
+    return message(BackendMessage.PARSE_COMPLETE.value)
+
+
+def bind_complete() -> bytes:
+    return message(BackendMessage.BIND_COMPLETE.value)
+
+
+def close_complete() -> bytes:
+    return message(BackendMessage.CLOSE_COMPLETE.value)
+
+
+def no_data() -> bytes:
+    return message(BackendMessage.NO_DATA.value)
+
+
+def parameter_description(type_oids: list[int] | None = None) -> bytes:
+    """ParameterDescription ('t'): the parameter count and each parameter's type oid."""
+    oids = type_oids or []
+    return message(BackendMessage.PARAMETER_DESCRIPTION.value,
+                   INT16.pack(len(oids)) + b"".join(UINT32.pack(o) for o in oids))
+
+
+def empty_query_response() -> bytes:
+    return message(BackendMessage.EMPTY_QUERY_RESPONSE.value)

@@ -107,13 +107,18 @@ def test_catalog_upgrade_on_private_catalog(stack: StackRunner) -> None:
     assert not processes_mentioning(str(stack.workdir))
 
 
-@pytest.mark.parametrize("query", ["hello", "pagestream_v2 x y"])
-def test_gateway_refusals_keep_connection(stack: StackRunner, query: str) -> None:
+@pytest.mark.parametrize(("query", "sqlstate"), [
+    ("hello", "42601"),  # no space: cannot parse query
+    ("pagestream_v2 x y", "22023"),  # not a tenant id
+    ("pagestream_v2 0123456789abcdef0123456789abcdef", "42601"),  # one parameter
+    ("vacuum full", "0A000"),  # not a page service command
+])
+def test_gateway_refusals_keep_connection(stack: StackRunner, query: str, sqlstate: str) -> None:
     stack.init()
     stack.start()
     port = stack.status()["services"]["gateway"]["port"]
     with psycopg.connect(host="127.0.0.1", port=port, autocommit=True) as conn:
         with pytest.raises(psycopg.Error) as exc:
             conn.execute(query)
-        assert exc.value.sqlstate == "0A000"
+        assert exc.value.sqlstate == sqlstate
         conn.execute("set x to y")  # the same connection goes on

@@ -67,6 +67,8 @@ def start(workdir: Path) -> None:
                         f"host=127.0.0.1 port={primary.port} user={primary.user}").strip()
         marker.write_text(json.dumps({"tenant": tenant, "timeline": timeline}))
     ids = json.loads(marker.read_text())
+    subprocess.run([primary.bin("pgbench"), "-c", "2", "-T", "2", *conn, "postgres"],
+                   check=True, capture_output=True)
     # A moment to come back to: the balance total now, and the WAL position after it.
     past_sum = primary.psql("SELECT sum(abalance) FROM pgbench_accounts")
     past_lsn = Lsn.parse(primary.psql("SELECT pg_current_wal_insert_lsn()"))

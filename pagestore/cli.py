@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pg-version", type=int, default=15)
     p.add_argument("--wal-source", metavar="CONNSTR",
                    help="attach a running primary: slot, base backup, import, then streaming")
+    p.add_argument("--ancestor", metavar="TIMELINE",
+                   help="create a branch of this timeline (no data is copied)")
+    p.add_argument("--ancestor-lsn", metavar="X/Y",
+                   help="the branch point (default: the ancestor's last record)")
     p = lcmds.add_parser("list", parents=[common], help="list a tenant's timelines")
     p.add_argument("--tenant", required=True, help="tenant id")
     p.add_argument("--json", action="store_true")
@@ -225,9 +229,12 @@ def cmd_timeline(args: argparse.Namespace) -> int:
     tenant = _parse_id(TenantId, args.tenant, "--tenant")
     if args.timeline_command == "create":
         tlid = _parse_id(TimelineId, args.timeline_id, "--timeline-id") if args.timeline_id else ""
+        ancestor = _parse_id(TimelineId, args.ancestor, "--ancestor") if args.ancestor else ""
+        ancestor_lsn = _lsn_arg(args.ancestor_lsn, "--ancestor-lsn")
         info = _call(stack, "CreateTimeline", housekeeping_pb2.CreateTimelineRequest(
             tenant_id=tenant, timeline_id=tlid, pg_version=args.pg_version,
-            wal_source=args.wal_source or ""), timeout=None if args.wal_source else 30)
+            wal_source=args.wal_source or "", ancestor_timeline_id=ancestor,
+            ancestor_lsn=int(ancestor_lsn or 0)), timeout=None if args.wal_source else 30)
         print(info.timeline_id)
         return 0
     if args.timeline_command == "status":

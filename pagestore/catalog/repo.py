@@ -96,12 +96,23 @@ def list_tenants(session: Session) -> list[TenantRecord]:
 
 
 def create_timeline(session: Session, tenant_id: TenantId, timeline_id: TimelineId, *,
-                    pg_version: int = 15, wal_source: str | None = None) -> TimelineRecord:
+                    pg_version: int = 15, wal_source: str | None = None,
+                    ancestor: tuple[TimelineRecord, Lsn] | None = None) -> TimelineRecord:
+    """A new timeline; with ``ancestor`` (its record and the branch point, already
+    validated) a branch that shares the ancestor's history up to that LSN."""
     get_tenant(session, tenant_id)
     if session.get(Timeline, (str(tenant_id), str(timeline_id))) is not None:
         raise AlreadyExists(f"timeline {timeline_id} of tenant {tenant_id} already exists")
     row = Timeline(tenant_id=str(tenant_id), timeline_id=str(timeline_id),
                    pg_version=pg_version, wal_source=wal_source)
+    if ancestor is not None:
+        parent, lsn = ancestor
+        row.ancestor_timeline_id = str(parent.timeline_id)
+        row.ancestor_lsn = lsn
+        row.pg_version = parent.pg_version
+        row.state = "active"
+        row.min_readable_lsn = parent.min_readable_lsn
+        row.last_record_lsn = row.disk_consistent_lsn = lsn
     session.add(row)
     session.flush()
     session.refresh(row)

@@ -17,6 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pagestore.errors import BadRequest, from_rpc_error
 from pagestore.grpcutil import channel
 from pagestore.ids import TenantId, TimelineId
+from pagestore.lsn import Lsn
 from pagestore.proto import (
     common_pb2,
     housekeeping_pb2,
@@ -113,6 +114,17 @@ class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
                              context: Context) -> housekeeping_pb2.TimelineInfo:
         tid = parse_tenant_id(request.tenant_id)
         tlid = parse_timeline_id(request.timeline_id) if request.timeline_id else None
+        if request.ancestor_timeline_id:
+            if request.wal_source:
+                raise BadRequest("a branch takes its history from its ancestor, not a WAL source")
+            ancestor = parse_timeline_id(request.ancestor_timeline_id, "ancestor_timeline_id")
+            parent = await self._live(timeline_info(await asyncio.to_thread(
+                self.tenants.get_timeline, tid, ancestor)))
+            rec = await asyncio.to_thread(
+                self.tenants.create_branch, tid, tlid, ancestor,
+                Lsn(request.ancestor_lsn) if request.ancestor_lsn else None,
+                Lsn(parent.last_record_lsn))
+            return timeline_info(rec)
         rec = await asyncio.to_thread(self.tenants.create_timeline, tid, tlid,
                                       pg_version=request.pg_version or 15,
                                       wal_source=request.wal_source or None)

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 
 from pagestore.catalog import repo
 from pagestore.catalog.db import make_sessionmaker
-from pagestore.errors import BadRequest
+from pagestore.errors import BadRequest, FailedPrecondition, LsnOutOfRange
 from pagestore.ids import TenantId, TimelineId
+from pagestore.lsn import Lsn
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -51,6 +52,34 @@ class TenantManager:
     def list_tenants(self) -> list[repo.TenantRecord]:
         with self.sessions.begin() as s:
             return repo.list_tenants(s)
+
+    def create_branch(self, tenant_id: TenantId, timeline_id: TimelineId | None,
+                      ancestor_id: TimelineId, ancestor_lsn: Lsn | None,
+                      ancestor_last_record_lsn: Lsn | None) -> repo.TimelineRecord:
+        """A branch of ``ancestor_id`` at ``ancestor_lsn`` (rounded up to a multiple of 8,
+        as Neon does; default: the ancestor's last record), created in O(1): no data is
+        copied, reads below the branch point go to the ancestor."""
+        tlid = timeline_id or TimelineId.generate()
+        with self.sessions.begin() as s:
+            parent = repo.get_timeline(s, tenant_id, ancestor_id)
+            last = ancestor_last_record_lsn or parent.last_record_lsn
+            lsn = Lsn((int(ancestor_lsn) + 7) & ~7) if ancestor_lsn else last
+            if parent.state != "active":
+                raise FailedPrecondition(f"ancestor timeline {ancestor_id} is {parent.state}")
+            if lsn < parent.min_readable_lsn:
+                raise LsnOutOfRange(f"branch point {lsn} is below {parent.min_readable_lsn}, "
+                                    f"the first readable LSN of timeline {ancestor_id}")
+            if lsn < parent.gc_cutoff_lsn:
+                raise LsnOutOfRange(f"branch point {lsn} is below the GC cutoff "
+                                    f"{parent.gc_cutoff_lsn} of timeline {ancestor_id}")
+            if lsn > last:
+                raise LsnOutOfRange(f"branch point {lsn} is beyond the last record {last} of "
+                                    f"timeline {ancestor_id}")
+            rec = repo.create_timeline(s, tenant_id, tlid, ancestor=(parent, lsn))
+            timeline_dir(self.workdir, tenant_id, tlid).mkdir(parents=True, exist_ok=True)
+        log.info("branch created ancestor=%s ancestor_lsn=%s tenant=%s timeline=%s",
+                 ancestor_id, lsn, tenant_id, tlid)
+        return rec
 
     def create_timeline(self, tenant_id: TenantId, timeline_id: TimelineId | None, *,
                         pg_version: int, wal_source: str | None) -> repo.TimelineRecord:

@@ -95,9 +95,13 @@ class PageReadManager:
             if r is not None:
                 return r
             row, layers = await asyncio.to_thread(self._load_rows, tenant, timeline)
-            if not row.wal_source or row.state not in ("active",):
+            is_branch = row.ancestor_timeline_id is not None
+            if (not row.wal_source and not is_branch) or row.state not in ("active",):
                 raise TimelineNotFound(f"Not found: timeline {timeline} of tenant {tenant} "
                                        f"has no data to read (state {row.state})")
+            ancestor = None
+            if row.ancestor_timeline_id is not None:
+                ancestor = await self.reader(tenant, row.ancestor_timeline_id)
             cfg = self.config.pageread
             r = TimelineReader(tenant, timeline, layers, min_readable_lsn=row.min_readable_lsn,
                                gc_cutoff_lsn=row.gc_cutoff_lsn,
@@ -106,11 +110,15 @@ class PageReadManager:
                                cache_pages=cfg.page_cache_pages)
             r.tail.last_record_lsn = row.disk_consistent_lsn
             r.tail.disk_consistent_lsn = row.disk_consistent_lsn
+            if ancestor is not None:
+                assert row.ancestor_lsn is not None
+                r.ancestor, r.ancestor_lsn = ancestor, row.ancestor_lsn
             raw = r.image(controlfile_key(), Lsn(Lsn.MAX - 1))
             self._ctx[key] = RedoContext.from_control_file(raw) if raw else RedoContext()
             self.readers[key] = r
-            self._tasks.append(asyncio.create_task(self._follow(r),
-                                                   name=f"tail-{timeline}"))
+            if row.wal_source:  # a branch without a compute writing to it has no new WAL
+                self._tasks.append(asyncio.create_task(self._follow(r),
+                                                       name=f"tail-{timeline}"))
             log.info("timeline loaded layers=%d disk_consistent_lsn=%s tenant=%s timeline=%s",
                      len(layers.layers), row.disk_consistent_lsn, tenant, timeline)
             return r

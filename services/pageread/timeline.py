@@ -26,7 +26,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pagestore import metadata
+from pagestore import metadata, values
 from pagestore.errors import BadRequest, LsnOutOfRange, LsnTimeout, NotFound
 from pagestore.keys import (
     BLCKSZ,
@@ -42,13 +42,14 @@ from pagestore.keys import (
     slru_segment_size_key,
 )
 from pagestore.layers.inmemory import InMemoryLayer
+from pagestore.layers.layermap import ValueChain
 from pagestore.lsn import Lsn
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from pagestore.ids import TenantId, TimelineId
-    from pagestore.layers.layermap import LayerMap, ValueChain
+    from pagestore.layers.layermap import LayerMap
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,20 @@ class TimelineReader:
         self._redo = redo
         self.cache = PageCache(cache_pages)
         self.progress = asyncio.Condition()
+        # A branch: versions at or below ancestor_lsn come from the ancestor timeline.
+        self.ancestor: TimelineReader | None = None
+        self.ancestor_lsn = Lsn.INVALID
+
+    def chain(self, key: Key, lsn: Lsn) -> ValueChain:
+        """The versions that rebuild ``key`` as of ``lsn``: this timeline's tail and
+        layers, then, for a branch whose own history does not go back far enough, the
+        ancestor's as of the branch point (recursively)."""
+        chain = self.layers.get(key, lsn, self.tail.chunks)
+        if self.ancestor is None or chain.image is not None or (
+                chain.records and values.will_init(chain.records[0][1])):
+            return chain
+        base = self.ancestor.chain(key, Lsn(min(lsn, self.ancestor_lsn)))
+        return ValueChain(key, lsn, base.image, base.image_lsn, [*base.records, *chain.records])
 
     # ------------------------------------------------------------------ LSNs
     @property
@@ -177,7 +192,15 @@ class TimelineReader:
 
     # ------------------------------------------------------------------ metadata
     def image(self, key: Key, lsn: Lsn) -> bytes | None:
-        return self.layers.get_image(key, lsn, self.tail.chunks)
+        """A metadata key's value as of ``lsn`` (None: absent, or a tombstone)."""
+        chain = self.chain(key, lsn)
+        if chain.records:
+            data = values.image_bytes(chain.records[-1][1])
+        elif chain.image is not None:
+            data = chain.image
+        else:
+            return None
+        return data if data else None
 
     def rel_size(self, rel: RelTag, lsn: Lsn, *, allow_missing: bool = False) -> int | None:
         """Blocks in a relation fork; a missing FSM or VM fork is 0 (PostgreSQL creates
@@ -230,7 +253,7 @@ class TimelineReader:
             if cached is not None:
                 out[i] = cached
                 continue
-            chain = self.layers.get(key, lsn, self.tail.chunks)
+            chain = self.chain(key, lsn)
             if not chain.found:
                 raise NotFound(f"Not found: no version of key {key} at or below {lsn}")
             if not chain.records:

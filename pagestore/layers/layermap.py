@@ -96,6 +96,16 @@ class LayerMap:
             self.layers = sorted([*self.layers, rec],
                                  key=lambda r: (r.lsn_end, r.kind == "image"), reverse=True)
 
+    def replace(self, layers: Sequence[LayerRecord]) -> None:
+        """Take a new list of layers (a catalog reload), keeping the open readers of
+        files that stay; a read in progress keeps working with what it already has."""
+        names = {r.file_name for r in layers}
+        with self._lock:
+            self.layers = sorted(layers, key=lambda r: (r.lsn_end, r.kind == "image"),
+                                 reverse=True)
+            for name in [n for n in self._readers if n not in names]:
+                self._readers.pop(name).close()
+
     def close(self) -> None:
         with self._lock:
             for r in self._readers.values():

@@ -94,7 +94,8 @@ class PageReadManager:
             r = self.readers.get(key)
             if r is not None:
                 return r
-            row, layers = await asyncio.to_thread(self._load_rows, tenant, timeline)
+            row, rows = await asyncio.to_thread(self._load_rows, tenant, timeline)
+            layers = LayerMap(self.timeline_dir(tenant, timeline), rows)
             is_branch = row.ancestor_timeline_id is not None
             if (not row.wal_source and not is_branch) or row.state not in ("active",):
                 raise TimelineNotFound(f"Not found: timeline {timeline} of tenant {tenant} "
@@ -123,19 +124,16 @@ class PageReadManager:
                      len(layers.layers), row.disk_consistent_lsn, tenant, timeline)
             return r
 
-    def _load_rows(self, tenant: TenantId, timeline: TimelineId) -> tuple[repo.TimelineRecord, LayerMap]:
+    def _load_rows(self, tenant: TenantId,
+                   timeline: TimelineId) -> tuple[repo.TimelineRecord, list[repo.LayerRecord]]:
         with self.sessions.begin() as s:
-            row = repo.get_timeline(s, tenant, timeline)
-            rows = repo.list_layers(s, tenant, timeline)
-        return row, LayerMap(self.timeline_dir(tenant, timeline), rows)
+            return repo.get_timeline(s, tenant, timeline), repo.list_layers(s, tenant, timeline)
 
     async def _reload_layers(self, r: TimelineReader) -> Lsn:
-        row, layers = await asyncio.to_thread(self._load_rows, r.tenant_id, r.timeline_id)
-        old = r.layers
-        r.layers = layers
+        row, rows = await asyncio.to_thread(self._load_rows, r.tenant_id, r.timeline_id)
+        r.layers.replace(rows)
         r.tail.drop_through(row.disk_consistent_lsn)
         r.gc_cutoff_lsn = row.gc_cutoff_lsn
-        old.close()
         return row.disk_consistent_lsn
 
     async def _follow(self, r: TimelineReader) -> None:

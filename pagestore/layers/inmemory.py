@@ -39,16 +39,19 @@ class InMemoryLayer:
         return self.start_lsn
 
     def put(self, key: Key, lsn: Lsn, value: bytes) -> None:
+        self.put_raw(key.to_bytes(), int(lsn), value)
+
+    def put_raw(self, kb: bytes, lsn: int, value: bytes) -> None:
+        """``put`` with the key already in its 18-byte form."""
         assert self.end_lsn is None, "put into a frozen layer"
-        kb = key.to_bytes()
         slot = self.entries.get(kb)
         if slot is None:
             self.entries[kb] = ([int(lsn)], [value])
         else:
             lsns, vals = slot
             if lsns[-1] >= lsn:
-                raise ValueError(f"value for key {key} at {lsn} is not newer than "
-                                 f"{Lsn(lsns[-1])}")
+                raise ValueError(f"value for key {kb.hex().upper()} at {Lsn(lsn)} is not "
+                                 f"newer than {Lsn(lsns[-1])}")
             lsns.append(int(lsn))
             vals.append(value)
         self.value_bytes += len(value)

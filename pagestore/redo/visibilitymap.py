@@ -23,6 +23,21 @@ VISIBILITYMAP_VALID_BITS = 0x03
 FSM_NODES_OFFSET = 24 + 4
 FSM_NODES_PER_PAGE = BLCKSZ - 24 - 4
 FSM_NON_LEAF_NODES_PER_PAGE = BLCKSZ // 2 - 1
+FSM_SLOTS_PER_PAGE = FSM_NODES_PER_PAGE - FSM_NON_LEAF_NODES_PER_PAGE  # 4069
+FSM_TREE_DEPTH = 3
+
+
+def fsm_logical_to_physical(logpageno: int, level: int) -> int:
+    """freespace.c fsm_logical_to_physical: the FSM block of a logical FSM page."""
+    leafno = logpageno
+    for _ in range(level):
+        leafno *= FSM_SLOTS_PER_PAGE
+    pages = 0
+    for _ in range(FSM_TREE_DEPTH):
+        pages += leafno + 1
+        leafno //= FSM_SLOTS_PER_PAGE
+    pages -= level
+    return pages - 1
 
 
 def vm_map_position(heap_blkno: int) -> tuple[int, int, int]:

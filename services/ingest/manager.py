@@ -31,7 +31,6 @@ from pagestore.errors import (
     FailedPrecondition,
     LsnOutOfRange,
     LsnTimeout,
-    NotFound,
     PagestoreError,
     ProtocolError,
     TimelineNotFound,
@@ -333,5 +332,3 @@ class IngestManager:
         finally:
             if sub in e.subscribers:
                 e.subscribers.remove(sub)
-
-__all__ = ["Batch", "IngestManager", "NotFound"]

@@ -37,7 +37,6 @@ from pagestore.keys import (
     RelTag,
     SlruKind,
     checkpoint_key,
-    controlfile_key,
     dbdir_key,
     rel_block_key,
     rel_dir_key,
@@ -54,23 +53,10 @@ from pagestore.pg.controlfile import CheckPoint
 from pagestore.pg.rmgr import RmgrId, rmgr_name
 from pagestore.pg.xlogrecord import BlockReference, DecodedRecord, restore_block_image
 from pagestore.redo import heap as heap_redo
+from pagestore.redo import visibilitymap as vm
 from pagestore.redo.bufpage import new_page
 
 log = logging.getLogger(__name__)
-
-# Visibility map geometry (visibilitymap.c): 2 bits per heap block.
-MAPSIZE = BLCKSZ - 24  # BLCKSZ - MAXALIGN(SizeOfPageHeaderData)
-HEAPBLOCKS_PER_BYTE = 4
-HEAPBLOCKS_PER_PAGE = MAPSIZE * HEAPBLOCKS_PER_BYTE  # 32672
-VISIBILITYMAP_ALL_VISIBLE = 0x01
-VISIBILITYMAP_ALL_FROZEN = 0x02
-VISIBILITYMAP_VALID_BITS = 0x03
-
-# Free space map geometry (freespace.c, fsmpage.h).
-FSM_NODES_PER_PAGE = BLCKSZ - 24 - 4
-FSM_NON_LEAF_NODES_PER_PAGE = BLCKSZ // 2 - 1
-FSM_SLOTS_PER_PAGE = FSM_NODES_PER_PAGE - FSM_NON_LEAF_NODES_PER_PAGE  # 4069
-FSM_TREE_DEPTH = 3
 
 # CLOG / multixact SLRU geometry (clog.c, multixact.c).
 CLOG_XACTS_PER_PAGE = BLCKSZ * 4
@@ -127,14 +113,6 @@ XLOG_MULTIXACT_TRUNCATE_ID = 0x30
 XLOG_RELMAP_UPDATE = 0x00
 XLOG_RUNNING_XACTS = 0x10
 
-HEAP_OPMASK = 0x70
-XLOG_HEAP_INSERT = 0x00
-XLOG_HEAP_DELETE = 0x10
-XLOG_HEAP_UPDATE = 0x20
-XLOG_HEAP_HOT_UPDATE = 0x40
-XLOG_HEAP_LOCK = 0x60
-XLOG_HEAP2_MULTI_INSERT = 0x50
-XLOG_HEAP2_LOCK_UPDATED = 0x60
 
 # Main-data structs (little-endian).
 I32 = struct.Struct("<i")
@@ -190,19 +168,6 @@ class _Batch:
 
     def put_meta(self, key: Key, data: bytes) -> None:
         self.meta[key] = data
-
-
-def fsm_logical_to_physical(logpageno: int, level: int) -> int:
-    """freespace.c fsm_logical_to_physical: the FSM block of a logical FSM page."""
-    leafno = logpageno
-    for _ in range(level):
-        leafno *= FSM_SLOTS_PER_PAGE
-    pages = 0
-    for _ in range(FSM_TREE_DEPTH):
-        pages += leafno + 1
-        leafno //= FSM_SLOTS_PER_PAGE
-    pages -= level
-    return pages - 1
 
 
 class WalIngest:
@@ -438,29 +403,28 @@ class WalIngest:
                 self._set_rel_size(batch, main, blkno)
             fsm = main.with_fork(ForkNumber.FSM)
             if flags & SMGR_TRUNCATE_FSM and fsm in st.relsizes:
-                logpage, slot = divmod(blkno, FSM_SLOTS_PER_PAGE)
+                logpage, slot = divmod(blkno, vm.FSM_SLOTS_PER_PAGE)
                 if slot > 0:
-                    fsm_blk = fsm_logical_to_physical(logpage, 0)
+                    fsm_blk = vm.fsm_logical_to_physical(logpage, 0)
                     if fsm_blk < st.relsizes[fsm]:
                         batch.put(rel_block_key(fsm, fsm_blk), values.fsm_truncate(slot))
                         if st.relsizes[fsm] > fsm_blk + 1:
                             self._set_rel_size(batch, fsm, fsm_blk + 1)
                 else:
-                    new = fsm_logical_to_physical(logpage, 0)
+                    new = vm.fsm_logical_to_physical(logpage, 0)
                     if st.relsizes[fsm] > new:
                         self._set_rel_size(batch, fsm, new)
-            vm = main.with_fork(ForkNumber.VISIBILITYMAP)
-            if flags & SMGR_TRUNCATE_VM and vm in st.relsizes:
-                trunc_block, rest = divmod(blkno, HEAPBLOCKS_PER_PAGE)
-                trunc_byte, trunc_offs = rest // HEAPBLOCKS_PER_BYTE, (blkno % HEAPBLOCKS_PER_BYTE) * 2
+            vm_rel = main.with_fork(ForkNumber.VISIBILITYMAP)
+            if flags & SMGR_TRUNCATE_VM and vm_rel in st.relsizes:
+                trunc_block, trunc_byte, trunc_offs = vm.vm_map_position(blkno)
                 if trunc_byte or trunc_offs:
-                    if trunc_block < st.relsizes[vm]:
-                        batch.put(rel_block_key(vm, trunc_block),
+                    if trunc_block < st.relsizes[vm_rel]:
+                        batch.put(rel_block_key(vm_rel, trunc_block),
                                   values.truncate_vm(trunc_byte, trunc_offs))
-                        if st.relsizes[vm] > trunc_block + 1:
-                            self._set_rel_size(batch, vm, trunc_block + 1)
-                elif st.relsizes[vm] > trunc_block:
-                    self._set_rel_size(batch, vm, trunc_block)
+                        if st.relsizes[vm_rel] > trunc_block + 1:
+                            self._set_rel_size(batch, vm_rel, trunc_block + 1)
+                elif st.relsizes[vm_rel] > trunc_block:
+                    self._set_rel_size(batch, vm_rel, trunc_block)
         else:
             _unsupported(rec)
 
@@ -761,5 +725,3 @@ _HANDLERS: dict[int, Callable[[WalIngest, _Batch, DecodedRecord], None]] = {
     RmgrId.GENERIC: WalIngest._no_metadata,
     RmgrId.LOGICALMSG: WalIngest._no_metadata,
 }
-
-__all__ = ["TimelineState", "WalIngest", "controlfile_key", "fsm_logical_to_physical"]

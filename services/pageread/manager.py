@@ -174,8 +174,9 @@ class PageReadManager:
                         tenant, _, timeline = note.payload.partition("/")
                         for (t, tl), r in list(self.readers.items()):
                             if str(t) == tenant and str(tl) == timeline:
+                                # The new layer holds what the tail held: cached
+                                # pages (key, LSN) stay right.
                                 await self._reload_layers(r)
-                                r.cache.clear()
             except asyncio.CancelledError:
                 raise
             except psycopg.Error as e:

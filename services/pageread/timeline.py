@@ -69,9 +69,9 @@ class RecentTail:
             return
         if not self.chunks or self.chunks[-1].count >= 100_000:
             self.chunks.append(InMemoryLayer(Lsn(values[0][1])))
-        chunk = self.chunks[-1]
+        put = self.chunks[-1].put_raw
         for kb, lsn, value in values:
-            chunk.put(Key.from_bytes(kb), Lsn(lsn), value)
+            put(kb, lsn, value)
 
     def drop_through(self, lsn: Lsn) -> None:
         """Forget chunks whose every value is at or below ``lsn`` (now in layer files)."""

@@ -3,8 +3,6 @@ segments of a live timeline equal the primary's, and bad requests get their stat
 
 from __future__ import annotations
 
-import json
-
 import grpc
 
 from pagestore.lsn import Lsn
@@ -14,7 +12,7 @@ from pagestore.proto import page_service_pb2_grpc
 from pagestore.redo import masking
 from tests.fixtures.stack import StackRunner
 from tests.fixtures.util import wait_until
-from tests.integration.test_ingest_service import attach, caught_up, status
+from tests.integration.test_ingest_service import attach, caught_up
 from tests.workloads import run_pgbench
 
 
@@ -112,4 +110,3 @@ def test_pages_sizes_and_errors(stack: StackRunner, pg_factory) -> None:
         assert code(md[:2]) == grpc.StatusCode.INVALID_ARGUMENT
         assert code(_metadata("nonsense", timeline)) == grpc.StatusCode.INVALID_ARGUMENT
     stack.allowed_errors.append(r"rpc failed")
-    assert json.dumps(status(stack, tenant, timeline))

@@ -17,8 +17,9 @@ How the pipeline works:
   differs, when it is full, when the reader has to wait for the socket, or when slots is
   full).  If a coalesced call fails with an internal error other than an LSN timeout,
   its blocks are asked again one by one, so a batch never changes an answer.
-- Exists and Nblocks use GetRelSize (allow_missing for Exists, and for Nblocks of the
-  FSM and VM forks, which answer 0 when missing), DbSize GetDbSize, GetSlruSegment
+- Exists and Nblocks use GetRelSize (allow_missing for Exists: the fork exists unless the
+  answer says missing, which pageread takes from the relation directory; Nblocks
+  without it: a missing FSM or VM fork is 0 blocks), DbSize GetDbSize, GetSlruSegment
   GetSlruSegment; each runs as its own task, concurrently with the others.
 - A request's LSNs go to gRPC unchanged except not_modified_since 0, sent as 1 (see
   gateway.pageread.read_lsn), so the section 5.2 rules apply as for libpq.
@@ -55,7 +56,6 @@ from pagestore.errors import (
     TimelineNotFound,
     Unavailable,
 )
-from pagestore.keys import ForkNumber
 from pagestore.pg import pagestream as ps
 from pagestore.pg import wire
 from pagestore.pg.wire import FrontendMessage
@@ -288,9 +288,10 @@ class Pagestream:
         return ps.encode_response(resp, req, self.version)
 
     async def _nblocks(self, lsn: pb.ReadLsn, rel: RelTag) -> int:
-        optional = rel.forknum in (ForkNumber.FSM, ForkNumber.VISIBILITYMAP)
-        n = await self.client.rel_size(lsn, rel, allow_missing=optional)
-        return n or 0
+        # pageread answers 0 for a missing FSM or VM fork and NotFound for a missing main.
+        n = await self.client.rel_size(lsn, rel, allow_missing=False)
+        assert n is not None
+        return n
 
     def _error_answer(self, req: ps.Request, err: PagestoreError) -> bytes:
         """The pagestream Error answering ``req``, or PagestreamFatal if ``err`` ends the

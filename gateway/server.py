@@ -17,7 +17,7 @@ import logging
 import socket
 import sys
 
-from gateway.session import serve_connection
+from gateway.session import refuse_connection, serve_connection
 from pagestore.grpcutil import channel as grpc_channel
 from pagestore.service import ServiceContext, run_service
 
@@ -33,17 +33,32 @@ async def setup(ctx: ServiceContext) -> None:
     pageread_addr = ctx.config.service_addr("pageread")
     channel = grpc_channel(pageread_addr)
     connections: set[asyncio.Task[None]] = set()
+    limit = ctx.config.gateway.max_connections
+    refused = 0
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal refused
         sock = writer.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if len(connections) >= limit:
+            refused += 1
+            log.warning("connection from %s refused: %d connections open, "
+                        "gateway.max_connections is %d (%d refused so far)",
+                        writer.get_extra_info("peername"), len(connections), limit, refused)
+            await refuse_connection(reader, writer, "sorry, too many clients already "
+                                    f"(gateway.max_connections = {limit})")
+            return
         task = asyncio.current_task()
         assert task is not None
         connections.add(task)
         try:
             await serve_connection(reader, writer, channel)
+        except asyncio.CancelledError:
+            # Shutdown cancels open connections; this is the top of the connection's task
+            # (asyncio would log a cancelled client task as an error).
+            log.info("connection closed at shutdown")
         finally:
             connections.discard(task)
 

@@ -73,6 +73,25 @@ _IGNORED_OUTSIDE_COPY = (FrontendMessage.COPY_DATA.value, FrontendMessage.COPY_D
                          FrontendMessage.COPY_FAIL.value)
 
 
+async def read_startup(conn: Connection) -> wire.StartupPacket | None:
+    """The StartupMessage (SSL and GSSENC requests are declined on the way); None at EOF
+    or for a CancelRequest."""
+    codec = conn.codec
+    while True:
+        packet = codec.next_startup()
+        if packet is None:
+            if not await conn.read_more():
+                return None
+            continue
+        if packet.kind in (StartupKind.SSL_REQUEST, StartupKind.GSSENC_REQUEST):
+            await conn.send(b"N")
+            continue
+        if packet.kind is StartupKind.CANCEL_REQUEST:
+            log.info("cancel request from %s ignored: no backend keys are issued", conn.peer)
+            return None
+        return packet
+
+
 class Session:
     """The state of one connection: its bound tenant and the extended-query state."""
 
@@ -86,28 +105,17 @@ class Session:
 
     # ------------------------------------------------------------------ handshake
     async def handshake(self) -> bool:
-        codec = self.conn.codec
-        while True:
-            packet = codec.next_startup()
-            if packet is None:
-                if not await self.conn.read_more():
-                    return False
-                continue
-            if packet.kind in (StartupKind.SSL_REQUEST, StartupKind.GSSENC_REQUEST):
-                await self.conn.send(b"N")
-                continue
-            if packet.kind is StartupKind.CANCEL_REQUEST:
-                log.info("cancel request from %s ignored: no backend keys are issued",
-                         self.conn.peer)
-                return False
-            log.info("connection %d from %s started application_name=%s", self.conn_id,
-                     self.conn.peer, packet.parameters.get("application_name", ""))
-            await self.conn.send(wire.authentication_ok()
-                                 + wire.parameter_status("client_encoding", "UTF8")
-                                 + wire.parameter_status("integer_datetimes", "on")
-                                 + wire.parameter_status("server_version", "14.1")
-                                 + wire.ready_for_query())
-            return True
+        packet = await read_startup(self.conn)
+        if packet is None:
+            return False
+        log.info("connection %d from %s started application_name=%s", self.conn_id,
+                 self.conn.peer, packet.parameters.get("application_name", ""))
+        await self.conn.send(wire.authentication_ok()
+                             + wire.parameter_status("client_encoding", "UTF8")
+                             + wire.parameter_status("integer_datetimes", "on")
+                             + wire.parameter_status("server_version", "14.1")
+                             + wire.ready_for_query())
+        return True
 
     # ------------------------------------------------------------------ query loop
     async def run(self) -> None:
@@ -239,6 +247,22 @@ class Session:
                 return
         log.info("backup sent: %d bytes", sent)
         conn.write(wire.copy_done() + wire.command_complete("SELECT 1"))
+
+
+async def refuse_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                            message: str) -> None:
+    """Answer the client's startup with FATAL 53300 (too_many_connections), as
+    PostgreSQL does when max_connections is reached, and close."""
+    conn = Connection(reader, writer, idle_timeout=10.0)
+    try:
+        if await read_startup(conn) is not None:
+            await conn.send(wire.error_response(message, "53300", "FATAL"))
+    except (ConnectionError, ProtocolError, IdleTimeout) as e:
+        log.info("refused connection from %s ended: %s", conn.peer, e)
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
 
 
 async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,

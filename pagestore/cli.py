@@ -80,10 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = lcmds.add_parser("list", parents=[common], help="list a tenant's timelines")
     p.add_argument("--tenant", required=True, help="tenant id")
     p.add_argument("--json", action="store_true")
-    p = lcmds.add_parser("status", parents=[common], help="LSNs, WAL source and state")
+    p = lcmds.add_parser("status", parents=[common],
+                         help="LSNs, WAL source, state, background loops, replication slot")
     p.add_argument("--tenant", required=True, help="tenant id")
     p.add_argument("--timeline", required=True, help="timeline id")
     p.add_argument("--json", action="store_true")
+    p = lcmds.add_parser("delete", parents=[common],
+                         help="stop ingest, drop the replication slot, remove the timeline")
+    p.add_argument("--tenant", required=True, help="tenant id")
+    p.add_argument("--timeline", required=True, help="timeline id")
+    p.add_argument("--force", action="store_true",
+                   help="delete even if the slot cannot be dropped (the source is unreachable)")
 
     p = cmds.add_parser("waldump", parents=[common],
                         help="decode WAL segment files; one JSON object per record")
@@ -103,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-checksums", action="store_true",
                    help="the cluster has data checksums (redo then stamps LSNs on hint-only changes)")
 
+    p = cmds.add_parser("failpoint", parents=[common],
+                        help="list or set a service's failpoints (docs/operations.md)")
+    p.add_argument("service", choices=SERVICES)
+    p.add_argument("name", nargs="?", help="failpoint name (none: list them)")
+    p.add_argument("action", nargs="?", default="return",
+                   help="off, return, kill, pause, sleep(MS), optionally N*ACTION "
+                        "(default: return)")
+
     catalog = cmds.add_parser("catalog", parents=[common], help="the catalog database")
     ccmds = catalog.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
     p = ccmds.add_parser("upgrade", parents=[common], help="run the Alembic migrations")
@@ -117,23 +132,27 @@ def _stack(args: argparse.Namespace) -> Stack:
     return Stack(resolve_workdir(args.workdir), args.overrides or [])
 
 
-def _housekeeping(stack: Stack) -> tuple[Any, grpc.Channel, str]:
-    from pagestore.proto import housekeeping_pb2_grpc
+SERVICES = ("ingest", "pageread", "redo", "housekeeping", "gateway")
 
-    addr = stack.effective_config().service_addr("housekeeping")
+
+def _call(stack: Stack, method: str, request: Any, timeout: float | None = 30, *,
+          admin_of: str | None = None) -> Any:
+    """One RPC of the running stack's housekeeping service, or with ``admin_of`` of the
+    Admin service (failpoints) of that service."""
+    from pagestore.proto import admin_pb2_grpc, housekeeping_pb2_grpc
+
+    service = admin_of or "housekeeping"
+    addr = stack.effective_config().service_addr(service)
     ch = grpc.insecure_channel(addr)
-    return housekeeping_pb2_grpc.HousekeepingStub(ch), ch, addr
-
-
-def _call(stack: Stack, method: str, request: Any, timeout: float | None = 30) -> Any:
-    stub, ch, addr = _housekeeping(stack)
+    stub: Any = (admin_pb2_grpc.AdminStub(ch) if admin_of
+                 else housekeeping_pb2_grpc.HousekeepingStub(ch))
     try:
         return getattr(stub, method)(request, timeout=timeout)
     except grpc.RpcError as e:
         from_service = any(getattr(m, "key", None) == ERROR_CLASS_METADATA_KEY
                            for m in e.trailing_metadata() or ())
         if e.code() == grpc.StatusCode.UNAVAILABLE and not from_service:
-            raise Unavailable(f"the housekeeping service at {addr} is not reachable: is the "
+            raise Unavailable(f"the {service} service at {addr} is not reachable: is the "
                               f"stack in {stack.workdir} running? (pagestore start)") from None
         raise from_rpc_error(e) from None
     finally:
@@ -157,7 +176,21 @@ def _timeline_json(t: Any) -> dict[str, Any]:
         "remote_consistent_lsn": str(Lsn(t.remote_consistent_lsn)),
         "min_readable_lsn": str(Lsn(t.min_readable_lsn)),
         "pg_version": t.pg_version, "state": t.state, "wal_source": t.wal_source or None,
+        "state_reason": t.state_reason or None,
     }
+
+
+def _status_json(t: Any) -> dict[str, Any]:
+    """`timeline status`: the timeline, its loops and its replication slot."""
+    out = _timeline_json(t)
+    out["loops"] = [{
+        "service": lp.service, "name": lp.name, "state": lp.state, "detail": lp.detail,
+        "restarts": lp.restarts, "last_error": lp.last_error or None,
+        "last_error_at": lp.last_error_at or None} for lp in t.loops]
+    out["slot"] = {"name": t.slot.name or None, "status": t.slot.status,
+                   "restart_lsn": str(Lsn(t.slot.restart_lsn)) if t.slot.restart_lsn else None,
+                   "note": t.slot.note}
+    return out
 
 
 # --------------------------------------------------------------------------- commands
@@ -243,13 +276,30 @@ def cmd_timeline(args: argparse.Namespace) -> int:
 
         info = _call(stack, "GetTimeline", common_pb2.TimelineRef(tenant_id=tenant,
                                                                   timeline_id=tlid))
-        status = _timeline_json(info)
+        status = _status_json(info)
         if args.json:
             print(json.dumps(status, indent=2))
-        else:
-            for k in ("timeline_id", "state", "wal_source", "last_record_lsn",
-                      "disk_consistent_lsn", "min_readable_lsn", "remote_consistent_lsn"):
-                print(f"{k:<22} {status[k] if status[k] is not None else '-'}")
+            return 0
+        for k in ("timeline_id", "state", "state_reason", "wal_source", "last_record_lsn",
+                  "disk_consistent_lsn", "min_readable_lsn", "remote_consistent_lsn"):
+            print(f"{k:<22} {status[k] if status[k] is not None else '-'}")
+        slot = status["slot"]
+        print(f"{'slot':<22} {slot['name'] or '-'} {slot['status']}"
+              + (f" restart_lsn={slot['restart_lsn']}" if slot["restart_lsn"] else "")
+              + f" ({slot['note']})")
+        for lp in status["loops"]:
+            line = f"{lp['service'] + '.' + lp['name']:<22} {lp['state']}"
+            if lp["detail"]:
+                line += f": {lp['detail']}"
+            if lp["last_error"]:
+                line += f" (restarts {lp['restarts']}, last error: {lp['last_error']})"
+            print(line)
+        return 0
+    if args.timeline_command == "delete":
+        tlid = _parse_id(TimelineId, args.timeline, "--timeline")
+        resp = _call(stack, "DeleteTimeline", housekeeping_pb2.DeleteTimelineRequest(
+            tenant_id=tenant, timeline_id=tlid, force=args.force), timeout=120)
+        print(f"deleted timeline {tlid}: {resp.slot_note}")
         return 0
     resp = _call(stack, "ListTimelines", housekeeping_pb2.ListTimelinesRequest(tenant_id=tenant))
     if args.json:
@@ -338,10 +388,27 @@ def cmd_redo_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_failpoint(args: argparse.Namespace) -> int:
+    from pagestore.proto import admin_pb2
+
+    stack = _stack(args)
+    if args.name:
+        resp = _call(stack, "ConfigureFailpoints", admin_pb2.ConfigureFailpointsRequest(
+            failpoints=[admin_pb2.Failpoint(name=args.name, action=args.action)]),
+            admin_of=args.service)
+    else:
+        resp = _call(stack, "ListFailpoints", admin_pb2.ListFailpointsRequest(),
+                     admin_of=args.service)
+    for fp in resp.failpoints:
+        if not args.name or fp.name == args.name:
+            print(f"{fp.name:<28} {fp.action:<12} hits={fp.hits}")
+    return 0
+
+
 COMMANDS = {
     "init": cmd_init, "start": cmd_start, "stop": cmd_stop, "status": cmd_status,
     "tenant": cmd_tenant, "timeline": cmd_timeline, "catalog": cmd_catalog,
-    "waldump": cmd_waldump,
+    "waldump": cmd_waldump, "failpoint": cmd_failpoint,
     "redo-check": cmd_redo_check,
 }
 

@@ -97,6 +97,11 @@ class PageReadConfig:
         "How long a read at an LSN not yet ingested waits before it fails."))
     page_cache_pages: int = field(default=16384, metadata=_doc(
         "Materialized pages kept in memory (8 KiB each)."))
+    max_tail_bytes: int = field(default=256 * 1024 * 1024, metadata=_doc(
+        "Recent WAL (not yet in a layer file) held in memory per timeline; beyond it the "
+        "service stops following ingest and reads wait for the next layer file."))
+    max_blocks_per_request: int = field(default=1024, metadata=_doc(
+        "Blocks one GetPages request may ask for; more is an invalid request."))
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +128,8 @@ class GatewayConfig:
         "gRPC address of the gateway's health service."))
     advertise_addr: str = field(default="", metadata=_doc(
         "Address other services use to reach its gRPC port (empty: listen_addr)."))
+    max_connections: int = field(default=256, metadata=_doc(
+        "libpq connections served at once; one more is refused (SQLSTATE 53300)."))
 
 
 @dataclass(frozen=True, slots=True)

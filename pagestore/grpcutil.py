@@ -14,7 +14,6 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -22,11 +21,15 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from pagestore import failpoints
 from pagestore.errors import ERROR_CLASS_METADATA_KEY, PagestoreError
 from pagestore.logs import request_var, tenant_var, timeline_var
+from pagestore.proto import admin_pb2, admin_pb2_grpc, common_pb2
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterable
+
+    from pagestore.supervise import SupervisedLoop
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +126,30 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
+class AdminServicer(admin_pb2_grpc.AdminServicer):
+    """``pagestore.admin.v1.Admin``: failpoints of this process (pagestore.failpoints)."""
+
+    @staticmethod
+    def _all() -> admin_pb2.FailpointsResponse:
+        armed = failpoints.active()
+        return admin_pb2.FailpointsResponse(failpoints=[
+            admin_pb2.Failpoint(name=name, action=armed.get(name, "off"),
+                                hits=failpoints.hits(name))
+            for name in sorted(failpoints.FAILPOINTS)])
+
+    async def ConfigureFailpoints(self, request: admin_pb2.ConfigureFailpointsRequest,
+                                  context: grpc.aio.ServicerContext[Any, Any],
+                                  ) -> admin_pb2.FailpointsResponse:
+        for fp in request.failpoints:
+            failpoints.configure(fp.name, fp.action)
+        return self._all()
+
+    async def ListFailpoints(self, request: admin_pb2.ListFailpointsRequest,
+                             context: grpc.aio.ServicerContext[Any, Any],
+                             ) -> admin_pb2.FailpointsResponse:
+        return self._all()
+
+
 class GrpcService:
     """One service process: a grpc.aio server plus health, run until SIGTERM/SIGINT."""
 
@@ -133,6 +160,7 @@ class GrpcService:
                                       options=CHANNEL_OPTIONS)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(), self.server)
         self.port = 0
         self._stop = asyncio.Event()
         self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
@@ -161,15 +189,38 @@ class GrpcService:
         await self._stop.wait()
         log.info("%s shutting down", self.name)
         await self.health.enter_graceful_shutdown()
+        failpoints.release_paused()
         for hook in self.on_shutdown:
-            with contextlib.suppress(Exception):
+            try:
                 await hook()
+            except Exception:
+                log.exception("%s: a shutdown step failed", self.name)
         await self.server.stop(grace)
         log.info("%s stopped", self.name)
 
 
+#: Clients reconnect soon after a service comes back (gRPC's default backoff grows to 2 min).
+CLIENT_OPTIONS = [
+    *CHANNEL_OPTIONS,
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
 def channel(addr: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS)
+    return grpc.aio.insecure_channel(addr, options=CLIENT_OPTIONS)
+
+
+def loop_status(loops: Iterable[SupervisedLoop]) -> list[common_pb2.LoopStatus]:
+    """Supervised loops as the LoopStatus messages status RPCs return."""
+    out = []
+    for loop in loops:
+        st = loop.status()
+        out.append(common_pb2.LoopStatus(
+            service=st.service, name=st.name, state=st.state, detail=st.detail,
+            restarts=st.restarts, last_error=st.last_error, last_error_at=st.last_error_at))
+    return out
 
 
 def check_health(addr: str, timeout: float = 2.0, service: str = "") -> str:

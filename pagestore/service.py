@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pagestore import failpoints
 from pagestore.catalog import schema
 from pagestore.catalog.db import make_engine
 from pagestore.config import Config, load_config
@@ -74,6 +75,11 @@ def run_service(name: str, setup: Callable[[ServiceContext], Awaitable[None]], *
         print(f"pagestore {name}: {e.message}", file=sys.stderr)
         return 2
     setup_logging(name, config.log.level)
+    try:
+        failpoints.configure_from_env()
+    except PagestoreError as e:
+        log.error("%s cannot start: %s", name, e.message)
+        return 2
 
     async def main() -> None:
         service = GrpcService(name, getattr(config, name).listen_addr)

@@ -105,6 +105,11 @@ class Timeline(Base):
     state: Mapped[str] = mapped_column(sa.String(16), nullable=False,
                                        server_default=sa.text("'created'"))
     wal_source: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    # Why the timeline is in its state (broken: the error), for the operator.
+    state_reason: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    # Bumped by every transaction that changes the timeline's layers (repo.add_layer).
+    layers_version: Mapped[int] = mapped_column(sa.BigInteger, nullable=False,
+                                                server_default=sa.text("0"))
     # The first LSN a read may ask for (the end of the imported base backup).
     min_readable_lsn: Mapped[Lsn] = _lsn_column()
     last_record_lsn: Mapped[Lsn] = _lsn_column()

@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 
 from pagestore.catalog.models import Layer, Tenant, Timeline
-from pagestore.errors import AlreadyExists, TenantNotFound, TimelineNotFound
+from pagestore.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    PagestoreError,
+    TenantNotFound,
+    TimelineNotFound,
+)
 from pagestore.ids import TenantId, TimelineId
 
 if TYPE_CHECKING:
@@ -47,6 +53,15 @@ class TimelineRecord:
     remote_consistent_lsn: Lsn
     gc_cutoff_lsn: Lsn
     created_at: datetime.datetime
+    state_reason: str | None = None
+    layers_version: int = 0
+
+    @property
+    def resumable(self) -> bool:
+        """Broken after its import finished: ingest resumes it from disk_consistent_lsn
+        when it starts (its replication slot keeps the WAL meanwhile)."""
+        return self.state == "broken" and self.wal_source is not None and \
+            self.min_readable_lsn > 0
 
 
 def _tenant_record(row: Tenant) -> TenantRecord:
@@ -70,6 +85,8 @@ def _timeline_record(row: Timeline) -> TimelineRecord:
         remote_consistent_lsn=row.remote_consistent_lsn,
         gc_cutoff_lsn=row.gc_cutoff_lsn,
         created_at=row.created_at,
+        state_reason=row.state_reason,
+        layers_version=row.layers_version,
     )
 
 
@@ -158,11 +175,92 @@ def _layer_record(row: Layer) -> LayerRecord:
 
 def add_layer(session: Session, tenant_id: TenantId, timeline_id: TimelineId,
               layer: LayerRecord) -> None:
+    """Register a layer file; bumps the timeline's layers_version."""
+    _bump_layers_version(session, tenant_id, timeline_id)
     session.add(Layer(tenant_id=str(tenant_id), timeline_id=str(timeline_id), kind=layer.kind,
                       level=layer.level, key_start=layer.key_start, key_end=layer.key_end,
                       lsn_start=layer.lsn_start, lsn_end=layer.lsn_end,
                       file_name=layer.file_name, file_size=layer.file_size,
                       checksum=layer.checksum))
+
+
+def _bump_layers_version(session: Session, tenant_id: TenantId, timeline_id: TimelineId) -> None:
+    session.execute(
+        sa.update(Timeline)
+        .where(Timeline.tenant_id == str(tenant_id), Timeline.timeline_id == str(timeline_id))
+        .values(layers_version=Timeline.layers_version + 1))
+
+
+def get_layer(session: Session, tenant_id: TenantId, timeline_id: TimelineId,
+              file_name: str) -> LayerRecord | None:
+    """The registered layer of that file name, if any."""
+    row = session.scalar(
+        sa.select(Layer)
+        .where(Layer.tenant_id == str(tenant_id), Layer.timeline_id == str(timeline_id),
+               Layer.file_name == file_name, Layer.local_state != "deleted"))
+    return None if row is None else _layer_record(row)
+
+
+def commit_flush(session: Session, tenant_id: TenantId, timeline_id: TimelineId, *,
+                 layer: LayerRecord | None, lsn_start: Lsn, disk_consistent_lsn: Lsn,
+                 prev_record_lsn: Lsn) -> bool:
+    """Register an L0 flush covering [lsn_start, disk_consistent_lsn]: the layer (if it
+    holds values) and the new disk_consistent_lsn, in the caller's transaction.
+
+    The timeline row is locked first.  A flush must start right after the registered
+    disk_consistent_lsn (no gap, never backwards); the same flush committed before (a
+    retry after a commit whose answer was lost) is recognised and is a no-op.  Returns
+    False for such a repeat, True when this call registered the flush."""
+    row = session.scalar(
+        sa.select(Timeline)
+        .where(Timeline.tenant_id == str(tenant_id), Timeline.timeline_id == str(timeline_id))
+        .with_for_update())
+    if row is None:
+        raise TimelineNotFound(f"timeline {timeline_id} of tenant {tenant_id} not found")
+    current = row.disk_consistent_lsn
+    if current == disk_consistent_lsn and (
+            layer is None
+            or get_layer(session, tenant_id, timeline_id, layer.file_name) is not None):
+        return False
+    if current + 1 != lsn_start:
+        raise PagestoreError(
+            f"flush of [{lsn_start}, {disk_consistent_lsn}] does not follow the registered "
+            f"disk_consistent_lsn {current} of timeline {timeline_id} (tenant {tenant_id}): "
+            "refusing to leave a gap or go backwards")
+    if layer is not None:
+        add_layer(session, tenant_id, timeline_id, layer)
+    update_timeline(session, tenant_id, timeline_id, disk_consistent_lsn=disk_consistent_lsn,
+                    last_record_lsn=disk_consistent_lsn, prev_record_lsn=prev_record_lsn)
+    return True
+
+
+def read_layer_map(session: Session, tenant_id: TenantId,
+                   timeline_id: TimelineId) -> tuple[TimelineRecord, list[LayerRecord]]:
+    """The timeline row and its layers from one snapshot (the caller's transaction is
+    switched to REPEATABLE READ): the layers are exactly those of that layers_version."""
+    session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+    return get_timeline(session, tenant_id, timeline_id), list_layers(session, tenant_id,
+                                                                       timeline_id)
+
+
+def refuse_if_branched(session: Session, tenant_id: TenantId, timeline_id: TimelineId) -> None:
+    """FailedPrecondition if branches of the timeline exist (they read its history)."""
+    children = session.scalars(
+        sa.select(Timeline.timeline_id)
+        .where(Timeline.tenant_id == str(tenant_id),
+               Timeline.ancestor_timeline_id == str(timeline_id))).all()
+    if children:
+        raise FailedPrecondition(f"timeline {timeline_id} has branches ({', '.join(children)}); "
+                                 "delete them first")
+
+
+def delete_timeline(session: Session, tenant_id: TenantId, timeline_id: TimelineId) -> None:
+    """Remove a timeline row (its layers and leases go with it); refused while branches
+    of it exist."""
+    get_timeline(session, tenant_id, timeline_id)
+    refuse_if_branched(session, tenant_id, timeline_id)
+    session.execute(sa.delete(Timeline).where(Timeline.tenant_id == str(tenant_id),
+                                              Timeline.timeline_id == str(timeline_id)))
 
 
 def list_layers(session: Session, tenant_id: TenantId, timeline_id: TimelineId) -> list[LayerRecord]:
@@ -177,7 +275,7 @@ def list_layers(session: Session, tenant_id: TenantId, timeline_id: TimelineId) 
 def update_timeline(session: Session, tenant_id: TenantId, timeline_id: TimelineId,
                     **fields: object) -> None:
     """Set columns of a timeline row (LSNs, state, ...) and bump updated_at."""
-    allowed = {"state", "wal_source", "min_readable_lsn", "last_record_lsn", "prev_record_lsn",
+    allowed = {"state", "state_reason", "wal_source", "min_readable_lsn", "last_record_lsn", "prev_record_lsn",
                "disk_consistent_lsn", "remote_consistent_lsn", "gc_cutoff_lsn"}
     unknown = set(fields) - allowed
     if unknown:

@@ -54,7 +54,7 @@ import zstandard
 
 from pagestore.errors import CorruptLayerError
 from pagestore.keys import KEY_SIZE, Key
-from pagestore.layers.names import TEMP_SUFFIX, LayerKind
+from pagestore.layers.names import TEMP_SUFFIX, LayerKind, is_temp_layer_file_name, parse_layer_name
 from pagestore.lsn import Lsn
 
 if TYPE_CHECKING:
@@ -217,6 +217,32 @@ def fsync_directory(directory: Path) -> None:
 
 
 # --------------------------------------------------------------------------- writer
+
+def sweep_unregistered(directory: Path, registered: set[str]) -> list[str]:
+    """Remove what writers left behind in a timeline directory: temporary files (a write
+    that crashed or was aborted) and complete layer files no catalog row names (a crash
+    between linking a file and committing its row).  Only the process that writes the
+    directory may call it, when it starts, before it writes.  Returns the names removed."""
+    removed: list[str] = []
+    if not directory.is_dir():
+        return removed
+    for path in sorted(directory.iterdir()):
+        name = path.name
+        if not path.is_file() or name in registered:
+            continue
+        if not is_temp_layer_file_name(name):
+            try:
+                parse_layer_name(name)
+            except ValueError:
+                continue  # not ours: leave it
+        path.unlink()
+        removed.append(name)
+        log.info("removed leftover layer file %s (%s)", path,
+                 "temporary" if is_temp_layer_file_name(name) else "not registered")
+    if removed:
+        fsync_directory(directory)
+    return removed
+
 
 class _WriterState(enum.Enum):
     OPEN = "open"

@@ -32,6 +32,7 @@ class InMemoryLayer:
     prev_record_lsn: Lsn = Lsn.INVALID  # start of the last record, set when frozen
     value_bytes: int = 0
     count: int = 0
+    max_lsn: int = 0  # the newest value's LSN (values arrive in LSN order)
     created: float = field(default_factory=time.monotonic)
 
     @property
@@ -56,6 +57,8 @@ class InMemoryLayer:
             vals.append(value)
         self.value_bytes += len(value)
         self.count += 1
+        if lsn > self.max_lsn:
+            self.max_lsn = lsn
 
     def freeze(self, end_lsn: Lsn) -> None:
         self.end_lsn = end_lsn

@@ -96,6 +96,10 @@ class LayerMap:
             self.layers = sorted([*self.layers, rec],
                                  key=lambda r: (r.lsn_end, r.kind == "image"), reverse=True)
 
+    def has(self, file_name: str) -> bool:
+        with self._lock:
+            return any(r.file_name == file_name for r in self.layers)
+
     def replace(self, layers: Sequence[LayerRecord]) -> None:
         """Take a new list of layers (a catalog reload), keeping the open readers of
         files that stay; a read in progress keeps working with what it already has."""

@@ -55,9 +55,10 @@ import time
 import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import grpc
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pagestore.errors import BadRequest, PagestoreError, ProtocolError
 from pagestore.lsn import Lsn
@@ -416,6 +417,28 @@ _ENV_KEYS = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "password": "
              "sslmode": "PGSSLMODE", "dbname": "PGDATABASE"}
 
 
+def conninfo_dict(conninfo: str) -> dict[str, str]:
+    """The options a libpq connection string (``key=value ...`` or a URI) gives, parsed by
+    libpq itself (psycopg.conninfo); a malformed string is a BadRequest with libpq's
+    message."""
+    try:
+        return {k: str(v) for k, v in conninfo_to_dict(conninfo.strip()).items()}
+    except psycopg.Error as e:
+        raise BadRequest(str(e).strip()) from None
+
+
+def mask_conninfo(conninfo: str) -> str:
+    """A connection string fit to show or log: the password replaced by ``********``.
+    A string libpq cannot parse is shown as a placeholder (it might hold a password)."""
+    try:
+        given = conninfo_dict(conninfo)
+    except BadRequest:
+        return "<unparseable connection string>"
+    if "password" not in given:
+        return conninfo
+    return make_conninfo(**{**given, "password": "********"})
+
+
 def parse_conninfo(conninfo: str = "", *, env: Mapping[str, str] | None = None) -> ConnParams:
     """A libpq connection string: ``key=value ...`` or a ``postgresql://`` URI.
 
@@ -423,11 +446,7 @@ def parse_conninfo(conninfo: str = "", *, env: Mapping[str, str] | None = None) 
     os.environ by default), then libpq's defaults (localhost, 5432, the OS user).  SSL
     is not supported: sslmode require/verify-* is a BadRequest.
     """
-    text = conninfo.strip()
-    if text.startswith(("postgresql://", "postgres://")):
-        given = _parse_uri(text)
-    else:
-        given = _parse_keyvalue(text)
+    given = conninfo_dict(conninfo)
     unknown = sorted(set(given) - _CONNINFO_KEYS)
     if unknown:
         raise BadRequest(f"invalid connection option {unknown[0]!r}")
@@ -458,79 +477,6 @@ def parse_conninfo(conninfo: str = "", *, env: Mapping[str, str] | None = None) 
         application_name=(values.get("application_name")
                           or values.get("fallback_application_name") or "pagestore"),
         dbname=values.get("dbname"), connect_timeout=timeout if timeout > 0 else None)
-
-
-def _parse_keyvalue(text: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    i, n = 0, len(text)
-    while True:
-        while i < n and text[i].isspace():
-            i += 1
-        if i >= n:
-            return out
-        start = i
-        while i < n and text[i] != "=" and not text[i].isspace():
-            i += 1
-        key = text[start:i]
-        while i < n and text[i].isspace():
-            i += 1
-        if i >= n or text[i] != "=":
-            raise BadRequest(f'missing "=" after {key!r} in connection info string')
-        i += 1
-        while i < n and text[i].isspace():
-            i += 1
-        value: list[str] = []
-        if i < n and text[i] == "'":
-            i += 1
-            while True:
-                if i >= n:
-                    raise BadRequest("unterminated quoted string in connection info string")
-                c = text[i]
-                if c == "\\" and i + 1 < n:
-                    value.append(text[i + 1])
-                    i += 2
-                elif c == "'":
-                    i += 1
-                    break
-                else:
-                    value.append(c)
-                    i += 1
-        else:
-            while i < n and not text[i].isspace():
-                if text[i] == "\\" and i + 1 < n:
-                    value.append(text[i + 1])
-                    i += 2
-                else:
-                    value.append(text[i])
-                    i += 1
-        out[key] = "".join(value)
-
-
-def _parse_uri(text: str) -> dict[str, str]:
-    parts = urlsplit(text)
-    out: dict[str, str] = {}
-    netloc = parts.netloc
-    if "@" in netloc:
-        auth, _, netloc = netloc.rpartition("@")
-        user, colon, password = auth.partition(":")
-        if user:
-            out["user"] = unquote(user)
-        if colon:
-            out["password"] = unquote(password)
-    if netloc.startswith("["):
-        host, _, rest = netloc[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    else:
-        host, _, port = netloc.partition(":")
-    if host:
-        out["host"] = unquote(host)
-    if port:
-        out["port"] = port
-    if parts.path.strip("/"):
-        out["dbname"] = unquote(parts.path.lstrip("/"))
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        out[key] = value
-    return out
 
 
 # --------------------------------------------------------------------------- authentication
@@ -1373,3 +1319,32 @@ class ReplicationStream:
                 await self.__anext__()
             except StopAsyncIteration:
                 return
+
+
+# --------------------------------------------------------------------------- slots
+
+def timeline_slot_name(timeline_id: object) -> str:
+    """The physical replication slot a timeline streams through."""
+    return f"pagestore_{timeline_id}"
+
+
+async def read_slot_at(conninfo: str, name: str, *, timeout: float = 10) -> SlotInfo | None:
+    """The slot on the server ``conninfo`` names (None if it has no such slot)."""
+    conn = await ReplicationConnection.connect(conninfo, connect_timeout=timeout)
+    try:
+        return await asyncio.wait_for(conn.read_replication_slot(name), timeout)
+    finally:
+        await conn.close()
+
+
+async def drop_slot_at(conninfo: str, name: str, *, timeout: float = 30) -> bool:
+    """Drop the slot on the server ``conninfo`` names, waiting (bounded) for a walsender
+    still using it to let go; False if there was no such slot."""
+    conn = await ReplicationConnection.connect(conninfo, connect_timeout=timeout)
+    try:
+        if await asyncio.wait_for(conn.read_replication_slot(name), timeout) is None:
+            return False
+        await asyncio.wait_for(conn.drop_slot(name, wait=True, missing_ok=True), timeout)
+        return True
+    finally:
+        await conn.close()

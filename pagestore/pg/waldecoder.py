@@ -29,11 +29,13 @@ from typing import NamedTuple
 
 from pagestore.errors import CorruptWalError
 from pagestore.lsn import Lsn
-from pagestore.pg.rmgr import RmgrId
+from pagestore.pg.rmgr import RM_MAX_BUILTIN_ID, RM_MIN_CUSTOM_ID, RmgrId
 from pagestore.pg.xlogrecord import (
     SIZE_OF_XLOG_RECORD,
+    XLOG_RECORD,
     XLR_RMGR_INFO_MASK,
     DecodedRecord,
+    XLogRecordHeader,
     decode_record,
 )
 
@@ -57,7 +59,9 @@ XLP_FIRST_IS_OVERWRITE_CONTRECORD = 0x0008
 XLP_ALL_FLAGS = 0x000F
 
 XLOG_SWITCH = 0x40
-MAX_RECORD_LENGTH = 1024 * 1024 * 1024  # PostgreSQL never writes a larger record
+#: MaxAllocSize - 1: xlogreader.c cannot allocate a larger record buffer, so PostgreSQL
+#: never writes one.  Checked from the first four bytes, before anything is buffered.
+MAX_RECORD_LENGTH = 0x3FFFFFFF
 
 U32 = struct.Struct("<I")
 
@@ -113,6 +117,7 @@ class WalStreamDecoder:
         self._rec: bytearray | None = None
         self._rec_lsn = 0
         self._rec_len = 0
+        self._rec_checked = False
         self._skip_cont = 0               # continuation bytes to skip at the start
         self._skip_to: int | None = None  # after XLOG_SWITCH: the next segment start
         self._started = False             # a record has been decoded
@@ -255,15 +260,31 @@ class WalStreamDecoder:
                 self._rec = bytearray()
                 self._rec_lsn = self._pos
                 self._rec_len = tot_len
+                self._rec_checked = False
             n = min(self._rec_len - len(self._rec), room, self._avail())
             if n == 0:
                 return None
             self._rec += self._buf[self._off:self._off + n]
             self._consume(n)
+            if not self._rec_checked and len(self._rec) >= SIZE_OF_XLOG_RECORD:
+                # Before assembling the rest of a long record (possibly many pages of it)
+                # its header must be sane, as ValidXLogRecordHeader checks.
+                self._check_header(self._rec, self._rec_lsn)
+                self._rec_checked = True
             if len(self._rec) == self._rec_len:
                 raw = bytes(self._rec)
                 self._rec = None
                 return self._finish(raw, self._rec_lsn)
+
+    def _check_header(self, raw: bytes | bytearray, start: int) -> None:
+        hdr = XLogRecordHeader._make(XLOG_RECORD.unpack_from(raw, 0))
+        if not (hdr.xl_rmid <= RM_MAX_BUILTIN_ID or hdr.xl_rmid >= RM_MIN_CUSTOM_ID):
+            raise CorruptWalError(f"invalid resource manager ID {hdr.xl_rmid} at {Lsn(start)} "
+                                  f"(record length {hdr.xl_tot_len})")
+        if self._prev_lsn is not None and hdr.xl_prev != self._prev_lsn:
+            raise CorruptWalError(f"record with incorrect prev-link {Lsn(hdr.xl_prev)} at "
+                                  f"{Lsn(start)} (previous record starts at {self._prev_lsn}; "
+                                  f"record length {hdr.xl_tot_len})")
 
     def _finish(self, raw: bytes, start: int) -> DecodedRecord:
         end = maxalign(self._pos)

@@ -14,16 +14,24 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from pagestore.errors import BadRequest, from_rpc_error
-from pagestore.grpcutil import channel
+from pagestore.errors import BadRequest, NotFound, from_rpc_error
+from pagestore.grpcutil import (
+    SHARD_METADATA_KEY,
+    TENANT_METADATA_KEY,
+    TIMELINE_METADATA_KEY,
+    channel,
+)
 from pagestore.ids import TenantId, TimelineId
 from pagestore.lsn import Lsn
+from pagestore.pg.replication import mask_conninfo
 from pagestore.proto import (
     common_pb2,
     housekeeping_pb2,
     housekeeping_pb2_grpc,
     ingest_pb2,
     ingest_pb2_grpc,
+    pageread_pb2,
+    pageread_pb2_grpc,
 )
 from pagestore.service import ServiceContext, run_service
 from services.housekeeping.tenants import TenantManager
@@ -70,20 +78,28 @@ def timeline_info(rec: TimelineRecord) -> housekeeping_pb2.TimelineInfo:
         disk_consistent_lsn=int(rec.disk_consistent_lsn),
         remote_consistent_lsn=int(rec.remote_consistent_lsn),
         gc_cutoff_lsn=int(rec.gc_cutoff_lsn), pg_version=rec.pg_version, state=rec.state,
-        wal_source=rec.wal_source or "", created_at=_ts(rec.created_at),
-        min_readable_lsn=int(rec.min_readable_lsn), prev_record_lsn=int(rec.prev_record_lsn))
+        wal_source=mask_conninfo(rec.wal_source) if rec.wal_source else "",
+        created_at=_ts(rec.created_at), min_readable_lsn=int(rec.min_readable_lsn),
+        prev_record_lsn=int(rec.prev_record_lsn), state_reason=rec.state_reason or "")
 
 
 class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
-    def __init__(self, tenants: TenantManager, ingest_addr: str) -> None:
+    def __init__(self, tenants: TenantManager, ingest_addr: str, pageread_addr: str) -> None:
         self.tenants = tenants
         self.ingest_addr = ingest_addr
+        self.pageread_addr = pageread_addr
         self._ingest: ingest_pb2_grpc.IngestAsyncStub | None = None
+        self._pageread: pageread_pb2_grpc.PageReadExtrasAsyncStub | None = None
 
     def ingest(self) -> ingest_pb2_grpc.IngestAsyncStub:
         if self._ingest is None:
             self._ingest = ingest_pb2_grpc.IngestStub(channel(self.ingest_addr))
         return self._ingest
+
+    def pageread(self) -> pageread_pb2_grpc.PageReadExtrasAsyncStub:
+        if self._pageread is None:
+            self._pageread = pageread_pb2_grpc.PageReadExtrasStub(channel(self.pageread_addr))
+        return self._pageread
 
     async def _live(self, info: housekeeping_pb2.TimelineInfo) -> housekeeping_pb2.TimelineInfo:
         """Overlay the ingest service's live LSNs (the catalog has them as of the last flush)."""
@@ -98,6 +114,22 @@ class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
             return info
         info.last_record_lsn = live.last_record_lsn
         info.disk_consistent_lsn = live.disk_consistent_lsn
+        info.loops.extend(live.loops)
+        return info
+
+    async def _status(self, rec: TimelineRecord) -> housekeeping_pb2.TimelineInfo:
+        """Everything `timeline status` shows: the catalog row, ingest's live LSNs and
+        loops, pageread's loops, the replication slot on the WAL source."""
+        info = await self._live(timeline_info(rec))
+        try:
+            read = await self.pageread().GetTimelineStatus(
+                pageread_pb2.GetTimelineStatusRequest(), timeout=5, metadata=(
+                    (TENANT_METADATA_KEY, info.tenant_id),
+                    (TIMELINE_METADATA_KEY, info.timeline_id), (SHARD_METADATA_KEY, "0000")))
+            info.loops.extend(read.loops)
+        except grpc.aio.AioRpcError as e:
+            log.info("loop states unavailable from pageread: %s", e.details())
+        info.slot.CopyFrom(await self.tenants.slot_status(rec))
         return info
 
     async def CreateTenant(self, request: housekeeping_pb2.CreateTenantRequest,
@@ -153,13 +185,33 @@ class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
         rec = await asyncio.to_thread(self.tenants.get_timeline,
                                       parse_tenant_id(request.tenant_id),
                                       parse_timeline_id(request.timeline_id))
-        return await self._live(timeline_info(rec))
+        return await self._status(rec)
+
+    async def DeleteTimeline(self, request: housekeeping_pb2.DeleteTimelineRequest,
+                             context: Context) -> housekeeping_pb2.DeleteTimelineResponse:
+        tid = parse_tenant_id(request.tenant_id)
+        tlid = parse_timeline_id(request.timeline_id)
+
+        async def detach() -> None:
+            try:
+                await self.ingest().DetachTimeline(
+                    common_pb2.TimelineRef(tenant_id=str(tid), timeline_id=str(tlid)),
+                    timeout=30)
+            except grpc.aio.AioRpcError as e:
+                err = from_rpc_error(e)
+                if not isinstance(err, NotFound):
+                    raise err from None
+
+        note = await self.tenants.delete_timeline(tid, tlid, detach=detach,
+                                                  force=request.force)
+        return housekeeping_pb2.DeleteTimelineResponse(slot_note=note)
 
 
 async def setup(ctx: ServiceContext) -> None:
     assert ctx.catalog is not None
     manager = TenantManager(ctx.catalog, ctx.workdir)
-    servicer = HousekeepingServicer(manager, ctx.config.service_addr("ingest"))
+    servicer = HousekeepingServicer(manager, ctx.config.service_addr("ingest"),
+                                    ctx.config.service_addr("pageread"))
     housekeeping_pb2_grpc.add_HousekeepingServicer_to_server(servicer, ctx.grpc.server)
 
 

@@ -1,23 +1,43 @@
 """Tenant and timeline lifecycle: catalog rows plus their directories on local disk.
 
-Plain synchronous logic (the gRPC servicer calls it in a thread).  A tenant lives under
-``<workdir>/tenants/<tenant_id>``, a timeline under ``.../timelines/<timeline_id>``;
-the catalog row is committed only after the directory exists, so a listed timeline
-always has its directory.
+Synchronous logic (the gRPC servicer calls it in a thread), except the two calls that
+talk to a timeline's WAL source (``slot_status``, ``delete_timeline``), which are
+coroutines.  A tenant lives under ``<workdir>/tenants/<tenant_id>``, a timeline under
+``.../timelines/<timeline_id>``; the catalog row is committed only after the directory
+exists, so a listed timeline always has its directory.
+
+Replication slots: a timeline with a WAL source streams through the physical slot
+``pagestore_<timeline_id>`` on it.  An active timeline uses it; a broken one keeps it
+while it can resume (its import finished: ingest resumes it from disk_consistent_lsn
+when it starts again), and a failed import drops it.  Deleting a timeline stops its
+ingest, drops the slot, then removes the catalog rows and the files; if the slot cannot
+be dropped (the source is unreachable) the delete stops there (state ``stopping``) unless
+forced, so a slot is never forgotten silently.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import shutil
 from typing import TYPE_CHECKING
 
 from pagestore.catalog import repo
 from pagestore.catalog.db import make_sessionmaker
-from pagestore.errors import BadRequest, FailedPrecondition, LsnOutOfRange
+from pagestore.errors import BadRequest, FailedPrecondition, LsnOutOfRange, PagestoreError
 from pagestore.ids import TenantId, TimelineId
 from pagestore.lsn import Lsn
+from pagestore.pg.replication import (
+    drop_slot_at,
+    mask_conninfo,
+    read_slot_at,
+    timeline_slot_name,
+)
+from pagestore.proto import housekeeping_pb2
+from pagestore.supervise import describe
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
     from pathlib import Path
 
     import sqlalchemy as sa
@@ -25,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SUPPORTED_PG_VERSIONS = (15,)
+SLOT_TIMEOUT = 5.0  # seconds for a status read of the slot on the WAL source
 
 
 def tenant_dir(workdir: Path, tenant_id: TenantId) -> Path:
@@ -101,3 +122,83 @@ class TenantManager:
     def get_timeline(self, tenant_id: TenantId, timeline_id: TimelineId) -> repo.TimelineRecord:
         with self.sessions.begin() as s:
             return repo.get_timeline(s, tenant_id, timeline_id)
+
+    # ------------------------------------------------------------------ slots and delete
+    async def slot_status(self, rec: repo.TimelineRecord) -> housekeeping_pb2.ReplicationSlot:
+        """The timeline's slot on its WAL source, and what it is kept for."""
+        name = timeline_slot_name(rec.timeline_id)
+        if not rec.wal_source:
+            return housekeeping_pb2.ReplicationSlot(status="none",
+                                                    note="no WAL source: no slot")
+        try:
+            slot = await read_slot_at(rec.wal_source, name, timeout=SLOT_TIMEOUT)
+        except (PagestoreError, OSError, TimeoutError) as e:
+            return housekeeping_pb2.ReplicationSlot(
+                name=name, status="unknown",
+                note=f"the WAL source {mask_conninfo(rec.wal_source)} cannot be asked: "
+                     f"{describe(e)}")
+        if slot is None:
+            note = ("missing: ingest cannot stream until it exists again"
+                    if rec.state == "active" else "none on the source")
+            return housekeeping_pb2.ReplicationSlot(name=name, status="missing", note=note)
+        if rec.state == "active":
+            note = "in use: the source keeps WAL from restart_lsn for ingest"
+        elif rec.resumable:
+            note = (f"kept: the timeline resumes from disk_consistent_lsn "
+                    f"{rec.disk_consistent_lsn} when ingest starts after the cause is fixed; "
+                    "the source keeps WAL until then (`pagestore timeline delete` drops it)")
+        else:
+            note = ("left over: nothing will resume from it; `pagestore timeline delete` "
+                    "drops it")
+        return housekeeping_pb2.ReplicationSlot(
+            name=name, status="present", restart_lsn=int(slot.restart_lsn or 0), note=note)
+
+    async def delete_timeline(self, tenant_id: TenantId, timeline_id: TimelineId, *,
+                              detach: Callable[[], Awaitable[None]], force: bool) -> str:
+        """Stop ingest (``detach``), drop the slot, remove the rows and the files.
+        Returns what became of the slot."""
+        def begin() -> repo.TimelineRecord:
+            with self.sessions.begin() as s:
+                rec = repo.get_timeline(s, tenant_id, timeline_id)
+                repo.refuse_if_branched(s, tenant_id, timeline_id)
+                repo.update_timeline(s, tenant_id, timeline_id, state="stopping",
+                                     state_reason="being deleted")
+                return rec
+
+        rec = await asyncio.to_thread(begin)
+        if rec.wal_source:
+            await detach()
+        note = "no WAL source: no slot"
+        if rec.wal_source:
+            name = timeline_slot_name(timeline_id)
+            where = mask_conninfo(rec.wal_source)
+            try:
+                dropped = await drop_slot_at(rec.wal_source, name, timeout=30)
+                note = (f"dropped slot {name} on {where}" if dropped
+                        else f"slot {name} was not on {where}")
+            except (PagestoreError, OSError, TimeoutError) as e:
+                reason = f"slot {name} on {where} could not be dropped: {describe(e)}"
+                if not force:
+                    await asyncio.to_thread(self._set_reason, tenant_id, timeline_id,
+                                            f"delete incomplete: {reason}")
+                    raise FailedPrecondition(
+                        f"timeline {timeline_id} not deleted: {reason}; retry when the "
+                        "source is reachable, or force it and drop the slot by hand "
+                        f"(SELECT pg_drop_replication_slot('{name}'))") from None
+                note = (f"NOT dropped ({reason}): drop it by hand on the source: "
+                        f"SELECT pg_drop_replication_slot('{name}')")
+                log.warning("timeline deleted by force; %s", note)
+
+        def finish() -> None:
+            with self.sessions.begin() as s:
+                repo.delete_timeline(s, tenant_id, timeline_id)
+            shutil.rmtree(timeline_dir(self.workdir, tenant_id, timeline_id),
+                          ignore_errors=True)
+
+        await asyncio.to_thread(finish)
+        log.info("timeline deleted: %s tenant=%s timeline=%s", note, tenant_id, timeline_id)
+        return note
+
+    def _set_reason(self, tenant_id: TenantId, timeline_id: TimelineId, reason: str) -> None:
+        with self.sessions.begin() as s:
+            repo.update_timeline(s, tenant_id, timeline_id, state_reason=reason)

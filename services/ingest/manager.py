@@ -6,23 +6,29 @@ Rules:
   then on streamed whenever the service runs (``start_existing`` on startup).  A
   timeline found in state ``importing`` at startup was interrupted mid-import and is
   marked broken; it must be created again.
+- An attach whose import fails is final: the timeline is marked broken with the reason
+  and the replication slot it created is dropped (nothing can resume from it).
 - Subscribers (page readers) get every value above their ``from_lsn`` that is still in
   memory, then each new batch as it is ingested, filtered by key range.  Values at or
   below disk_consistent_lsn may already be only in layer files, so a subscription below
-  it is refused.  A subscriber that falls ``MAX_QUEUED_BATCHES`` behind is cut off.
-- Everything runs on the service's event loop except disk and catalog work.
+  it is refused; the in-memory layers and disk_consistent_lsn are read together (one
+  lock), so a flush finishing meanwhile cannot hide values from the snapshot.  A
+  subscriber that falls ``MAX_QUEUED_BATCHES`` behind is cut off.
+- A clean shutdown stops every receiver with a drain: nothing received is left unflushed.
+- Everything runs on the service's event loop except disk and catalog work; background
+  loops are supervised (pagestore.supervise).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shutil
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from pagestore import failpoints
 from pagestore.catalog import repo
 from pagestore.catalog.db import make_sessionmaker
 from pagestore.errors import (
@@ -43,10 +49,15 @@ from pagestore.pg.replication import (
     ReplicationConnection,
     ReplicationError,
     ReplicationSlotExists,
+    drop_slot_at,
+    mask_conninfo,
+    timeline_slot_name,
 )
 from pagestore.pg.tar import TarChunk, TarEnd, TarEvent, TarMember
+from pagestore.supervise import SupervisedLoop, describe
+from pagestore.waiting import LsnWaiter
 from services.ingest.importer import TarStager, import_datadir
-from services.ingest.receiver import WalReceiver, redact_conninfo, slot_name
+from services.ingest.receiver import WalReceiver
 from services.ingest.timeline import IngestSettings, TimelineIngest
 
 if TYPE_CHECKING:
@@ -83,20 +94,21 @@ class Subscriber:
 class TimelineEntry:
     tli: TimelineIngest
     receiver: WalReceiver | None = None
-    task: asyncio.Task[None] | None = None
-    progress: asyncio.Condition = field(default_factory=asyncio.Condition)
+    progress: LsnWaiter = field(default_factory=LsnWaiter)  # last_record_lsn
     subscribers: list[Subscriber] = field(default_factory=list)
     min_readable_lsn: Lsn = Lsn.INVALID
 
 
 class IngestManager:
-    def __init__(self, engine: sa.Engine, workdir: Path, settings: IngestSettings) -> None:
+    def __init__(self, engine: sa.Engine, workdir: Path, settings: IngestSettings, *,
+                 shutdown_budget: float = 15.0) -> None:
         self.sessions = make_sessionmaker(engine)
         self.workdir = workdir
         self.settings = settings
+        self.shutdown_budget = shutdown_budget
         self.timelines: dict[tuple[TenantId, TimelineId], TimelineEntry] = {}
         self._attaching: set[tuple[TenantId, TimelineId]] = set()
-        self._ticker: asyncio.Task[None] | None = None
+        self._ticker = SupervisedLoop("ingest", "ticker", self._tick)
 
     def timeline_dir(self, tenant: TenantId, timeline: TimelineId) -> Path:
         return self.workdir / "tenants" / str(tenant) / "timelines" / str(timeline)
@@ -116,44 +128,59 @@ class IngestManager:
             if not row.wal_source:
                 continue
             if row.state == "importing":
+                reason = "the import was interrupted (the ingest service stopped during it)"
                 log.error("timeline import was interrupted; marking it broken tenant=%s "
                           "timeline=%s", row.tenant_id, row.timeline_id)
                 await asyncio.to_thread(self._set_state, row.tenant_id, row.timeline_id,
-                                        "broken")
+                                        "broken", reason)
+                await self._drop_slot_after_failed_import(row.timeline_id, row.wal_source)
                 continue
-            if row.state != "active":
+            if row.resumable:
+                log.info("resuming broken timeline from disk_consistent_lsn %s (it broke: "
+                         "%s) tenant=%s timeline=%s", row.disk_consistent_lsn,
+                         row.state_reason, row.tenant_id, row.timeline_id)
+                await asyncio.to_thread(self._set_state, row.tenant_id, row.timeline_id,
+                                        "active", f"resumed after: {row.state_reason}")
+            elif row.state != "active":
                 continue
             tli = await asyncio.to_thread(self._load, row.tenant_id, row.timeline_id)
             self._start(tli, row.wal_source, row.min_readable_lsn)
-        self._ticker = asyncio.create_task(self._tick(), name="ingest-ticker")
+        self._ticker.start()
 
     async def shutdown(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-        for e in self.timelines.values():
-            if e.receiver is not None:
-                e.receiver.stop()
-        for e in self.timelines.values():
-            if e.task is not None:
-                with contextlib.suppress(BaseException):
-                    await e.task
+        """Stop every receiver, flushing what is in memory (a restart streams nothing
+        twice), within the shutdown budget."""
+        await self._ticker.stop()
+        entries = list(self.timelines.values())
+        await asyncio.gather(*(e.receiver.stop(drain=True, timeout=self.shutdown_budget)
+                               for e in entries if e.receiver is not None))
+        for e in entries:
             for sub in e.subscribers:
                 sub.queue.put_nowait(None)
-            # Flush what is in memory, so a restart need not stream it again.
-            layer = e.tli.freeze()
-            if layer is not None:
-                try:
-                    await asyncio.to_thread(e.tli.flush, layer)
-                except PagestoreError as err:
-                    log.error("final flush failed: %s", err.message)
+
+    async def detach(self, tenant: TenantId, timeline: TimelineId) -> TimelineEntry:
+        """Stop streaming a timeline without flushing and forget it (before a delete)."""
+        e = self.entry(tenant, timeline)
+        if e.receiver is not None:
+            await e.receiver.stop(drain=False, timeout=10.0)
+        for sub in e.subscribers:
+            sub.queue.put_nowait(None)
+        self.timelines.pop((tenant, timeline), None)
+        log.info("timeline detached tenant=%s timeline=%s", tenant, timeline)
+        return e
+
+    def loops(self, e: TimelineEntry) -> list[SupervisedLoop]:
+        own = e.receiver.loops() if e.receiver is not None else []
+        return [*own, self._ticker]
 
     def _load(self, tenant: TenantId, timeline: TimelineId) -> TimelineIngest:
         return TimelineIngest.load(tenant, timeline, self.timeline_dir(tenant, timeline),
                                    self.sessions, self.settings)
 
-    def _set_state(self, tenant: TenantId, timeline: TimelineId, state: str) -> None:
+    def _set_state(self, tenant: TenantId, timeline: TimelineId, state: str,
+                   reason: str | None = None) -> None:
         with self.sessions.begin() as s:
-            repo.update_timeline(s, tenant, timeline, state=state)
+            repo.update_timeline(s, tenant, timeline, state=state, state_reason=reason)
 
     def _start(self, tli: TimelineIngest, wal_source: str, min_readable: Lsn) -> None:
         key = (tli.tenant_id, tli.timeline_id)
@@ -165,19 +192,20 @@ class IngestManager:
             entry.tli = new
             return new
 
+        entry.progress.advance(tli.last_record_lsn)
         entry.receiver = WalReceiver(
             tli, wal_source, reload=reload,
             on_values=lambda batch: self._publish(entry, batch),
             on_progress=lambda: self._progress(entry),
-            mark_broken=lambda reason: self._set_state(tli.tenant_id, tli.timeline_id, "broken"))
-        entry.task = asyncio.create_task(entry.receiver.run(),
-                                         name=f"receiver-{tli.timeline_id}")
+            mark_broken=lambda reason: self._set_state(tli.tenant_id, tli.timeline_id,
+                                                       "broken", reason))
+        entry.receiver.start()
 
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(TICK_INTERVAL)  # a periodic timer, not a wait for a condition
+    async def _tick(self, loop: SupervisedLoop) -> None:
+        loop.detail = "freezing layers at checkpoint_timeout"
+        while not await loop.sleep(TICK_INTERVAL):  # a periodic timer
             now = time.monotonic()
-            for e in self.timelines.values():
+            for e in list(self.timelines.values()):
                 if e.receiver is not None and e.receiver.tli.should_freeze(now):
                     e.receiver.freeze_if_due()
 
@@ -211,8 +239,10 @@ class IngestManager:
             log.info("timeline attached base_lsn=%s min_readable_lsn=%s relations=%d "
                      "pages=%d tenant=%s timeline=%s", start, end, result.relations,
                      result.pages, tenant, timeline)
-        except BaseException:
-            await asyncio.to_thread(self._set_state, tenant, timeline, "broken")
+        except BaseException as e:
+            reason = f"the import failed: {describe(e)}"
+            await asyncio.to_thread(self._set_state, tenant, timeline, "broken", reason)
+            await self._drop_slot_after_failed_import(timeline, wal_source)
             raise
         finally:
             self._attaching.discard(key)
@@ -221,10 +251,23 @@ class IngestManager:
         self._start(tli, wal_source, end)
         return self.timelines[key]
 
+    async def _drop_slot_after_failed_import(self, timeline: TimelineId, wal_source: str) -> None:
+        """A failed import cannot resume: its slot would only make the source keep WAL."""
+        slot = timeline_slot_name(timeline)
+        try:
+            dropped = await drop_slot_at(wal_source, slot, timeout=10)
+        except (PagestoreError, OSError, TimeoutError) as e:
+            log.warning("could not drop replication slot %s on %s after the failed import: "
+                        "%s; `pagestore timeline delete` drops it", slot,
+                        mask_conninfo(wal_source), describe(e))
+            return
+        if dropped:
+            log.info("dropped replication slot %s of the failed import", slot)
+
     async def _base_backup(self, timeline: TimelineId, wal_source: str,
                            staging: Path) -> tuple[Lsn, Lsn, int]:
         """Create (or reuse) the slot, run BASE_BACKUP into ``staging``."""
-        where = redact_conninfo(wal_source)
+        where = mask_conninfo(wal_source)
         try:
             conn = await ReplicationConnection.connect(wal_source, connect_timeout=10)
         except ReplicationError as e:
@@ -235,9 +278,9 @@ class IngestManager:
         try:
             system = await conn.identify_system()
             try:
-                await conn.create_physical_slot(slot_name(timeline), reserve_wal=True)
+                await conn.create_physical_slot(timeline_slot_name(timeline), reserve_wal=True)
             except ReplicationSlotExists:
-                log.info("reusing replication slot %s", slot_name(timeline))
+                log.info("reusing replication slot %s", timeline_slot_name(timeline))
             stager = TarStager(staging)
             start = end = None
             tar_events: list[TarEvent] = []
@@ -267,23 +310,13 @@ class IngestManager:
             raise LsnOutOfRange(
                 f"LSN {lsn} is below {e.min_readable_lsn}, the first readable LSN of timeline "
                 f"{timeline} (where its base backup becomes consistent)")
-        if e.tli.last_record_lsn >= lsn:
-            return e
-        try:
-            async with e.progress:
-                await asyncio.wait_for(
-                    e.progress.wait_for(lambda: e.tli.last_record_lsn >= lsn), timeout)
-        except TimeoutError:
+        if not await e.progress.wait(lsn, timeout):
             raise LsnTimeout(f"timed out after {timeout:.1f}s waiting for WAL up to {lsn} on "
-                             f"timeline {timeline} (last_record_lsn {e.tli.last_record_lsn})") from None
+                             f"timeline {timeline} (last_record_lsn {e.tli.last_record_lsn})")
         return e
 
     def _progress(self, entry: TimelineEntry) -> None:
-        async def notify() -> None:
-            async with entry.progress:
-                entry.progress.notify_all()
-
-        asyncio.get_running_loop().create_task(notify())
+        entry.progress.advance(entry.tli.last_record_lsn)
         batch = Batch([], entry.tli.last_record_lsn, entry.tli.disk_consistent_lsn)
         for sub in entry.subscribers:
             if sub.queue.empty():
@@ -308,20 +341,24 @@ class IngestManager:
     async def subscribe(self, tenant: TenantId, timeline: TimelineId, from_lsn: Lsn,
                         key_start: bytes, key_end: bytes) -> AsyncIterator[Batch]:
         e = self.entry(tenant, timeline)
+        await failpoints.acheck("ingest-subscribe-snapshot")
         tli = e.tli
-        if from_lsn < tli.disk_consistent_lsn:
+        # The in-memory layers and disk_consistent_lsn come from one snapshot (a flush
+        # finishing in its thread changes both at once), and registration follows
+        # without an await in between: nothing is missed, nothing is hidden.
+        sources, disk_consistent = tli.snapshot()
+        if from_lsn < disk_consistent:
             raise FailedPrecondition(
-                f"values at or below {tli.disk_consistent_lsn} are in layer files; subscribe "
+                f"values at or below {disk_consistent} are in layer files; subscribe "
                 f"from disk_consistent_lsn or later (asked for {from_lsn})")
         sub = Subscriber(key_start, key_end)
-        # Snapshot and registration happen without an await in between: nothing is missed.
         backlog: list[tuple[bytes, int, bytes]] = []
-        for layer in reversed(tli.sources()):  # oldest first
+        for layer in reversed(sources):  # oldest first
             backlog.extend(layer.items_in_range(key_start, key_end, from_lsn))
         backlog.sort(key=lambda kv: kv[1])
         e.subscribers.append(sub)
         try:
-            yield Batch(backlog, tli.last_record_lsn, tli.disk_consistent_lsn)
+            yield Batch(backlog, tli.last_record_lsn, disk_consistent)
             while True:
                 item = await sub.queue.get()
                 if item is None:

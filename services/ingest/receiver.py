@@ -1,21 +1,28 @@
 """The WAL receiver of one timeline: stream from the source, decode, ingest, flush,
-acknowledge -- and come back after the source goes away.
+acknowledge -- and come back after the source, the catalog or its own code fails.
 
-Rules:
-- Streaming uses the timeline's physical slot (``pagestore_<timeline id>``) and starts
-  at last_record_lsn (after a restart that equals disk_consistent_lsn; the slot keeps
-  the WAL from there).
-- The flush position sent to the source is disk_consistent_lsn, never more: the slot's
+Two supervised loops (pagestore.supervise) per timeline:
+
+- ``receiver``: one replication session per run.  Streaming uses the timeline's
+  physical slot (``pagestore_<timeline id>``) and starts at last_record_lsn (after a
+  restart that equals disk_consistent_lsn; the slot keeps the WAL from there).  The
+  flush position sent to the source is disk_consistent_lsn, never more: the slot's
   restart_lsn follows it, so the source keeps whatever is not yet in a registered layer.
-  write = the end of the WAL received; apply = flush.
-- Frozen layers are flushed in order by one task, in a thread; the loop never blocks on
-  disk or catalog I/O.
-- Connection or protocol failures: log once, back off (0.5 s doubling to 30 s) and
-  reconnect from last_record_lsn.  A record that cannot be decoded or ingested (corrupt
-  or unsupported WAL) drops the in-memory layers, reloads the state from disk and
-  retries from disk_consistent_lsn; after ``MAX_DECODE_FAILURES`` failures in a row the
-  timeline is marked broken (state and reason in the catalog) and the receiver stops,
-  instead of looping.
+  write = the end of the WAL received; apply = flush.  A session the source ends, or a
+  connection or protocol failure, is run again after a backoff.  Any other failure
+  (corrupt or unsupported WAL, a bug) may have left the in-memory state half-way through
+  a record: the receiver waits for the frozen layers to be flushed, reloads the state
+  from disk_consistent_lsn and streams again from there.  After ``MAX_DECODE_FAILURES``
+  such failures in a row the timeline is marked broken (state and reason in the
+  catalog) and the receiver ends, instead of looping; its slot is kept, so it can resume
+  once the cause is fixed.
+- ``flusher``: flushes frozen layers one at a time, oldest first, in a thread (the loop
+  never blocks on disk or catalog I/O).  A failed flush is retried with backoff, the same
+  layer again; nothing is dropped.
+
+A clean stop (``stop(drain=True)``) ends the session, freezes what is in memory and
+flushes every frozen layer in LSN order before it returns, so disk_consistent_lsn ends at
+the last record received and a restart streams nothing twice.
 """
 
 from __future__ import annotations
@@ -26,15 +33,19 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from pagestore.errors import CorruptionError, PagestoreError, ProtocolError, UnsupportedWalRecord
+from pagestore import failpoints
+from pagestore.errors import ProtocolError
 from pagestore.lsn import Lsn
 from pagestore.pg.replication import (
     PrimaryKeepalive,
     ReplicationConnection,
     ReplicationError,
     XLogData,
+    mask_conninfo,
+    timeline_slot_name,
 )
-from pagestore.pg.waldecoder import EndOfWal, WalStreamDecoder
+from pagestore.pg.waldecoder import WalStreamDecoder
+from pagestore.supervise import SupervisedLoop, describe
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -45,13 +56,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL = 1.0
-BACKOFF_START = 0.5
-BACKOFF_MAX = 30.0
 MAX_DECODE_FAILURES = 3
-
-
-def slot_name(timeline_id: object) -> str:
-    return f"pagestore_{timeline_id}"
+#: Failures that leave the in-memory state as it was (between two records): reconnect.
+CONNECTION_ERRORS = (ReplicationError, ProtocolError, OSError, ConnectionError)
 
 
 class WalReceiver:
@@ -66,73 +73,101 @@ class WalReceiver:
         self._on_values = on_values
         self._on_progress = on_progress
         self._mark_broken = mark_broken
-        self.state = "starting"
         self.flush_reported = Lsn(0)
         self.received_lsn = tli.last_record_lsn
-        self._flush_queue: asyncio.Queue[object] = asyncio.Queue()
-        self._stopped = asyncio.Event()
+        self.broken_reason: str | None = None
         self._decode_failures = 0
-        self.last_error: str | None = None
+        self._frozen_ready = asyncio.Event()
+        self._flushed = asyncio.Event()
+        self._closing = False   # stop() was called: the flusher ends when it has nothing to do
+        self._drain = True      # ... after flushing every frozen layer
+        self.receiver = SupervisedLoop("ingest", "receiver", self._receive,
+                                       tenant=tli.tenant_id, timeline=tli.timeline_id,
+                                       restart_on_return=True)
+        self.flusher = SupervisedLoop("ingest", "flusher", self._flush_loop,
+                                      tenant=tli.tenant_id, timeline=tli.timeline_id)
 
     # ------------------------------------------------------------------ lifecycle
-    def stop(self) -> None:
-        self._stopped.set()
+    def start(self) -> None:
+        self.flusher.start()
+        self.receiver.start()
 
-    async def run(self) -> None:
-        flusher = asyncio.create_task(self._flush_loop(), name="flush")
+    @property
+    def state(self) -> str:
+        if self.broken_reason is not None:
+            return "broken"
+        return self.receiver.detail or str(self.receiver.state)
+
+    def loops(self) -> list[SupervisedLoop]:
+        return [self.receiver, self.flusher]
+
+    async def stop(self, *, drain: bool, timeout: float) -> bool:
+        """End streaming; with ``drain``, freeze the open layer and flush every frozen
+        layer (oldest first) before returning.  True if nothing was left unflushed."""
+        await self.receiver.stop(grace=min(5.0, timeout))
+        self._closing, self._drain = True, drain
+        if drain:
+            self._freeze()
+        self._frozen_ready.set()
         try:
-            await self._stream_forever()
-        finally:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+            await asyncio.wait_for(self.flusher.wait(), timeout)
+        except TimeoutError:
+            pass
+        await self.flusher.stop()
+        left = len(self.tli.frozen)
+        if drain and left:
+            log.error("stopped with %d frozen layers not flushed (disk_consistent_lsn %s): "
+                      "streaming will resume from there", left, self.tli.disk_consistent_lsn)
+        return not left
 
-    async def _stream_forever(self) -> None:
-        backoff = BACKOFF_START
-        tl = self.tli
-        while not self._stopped.is_set():
-            self.state = "connecting"
-            try:
-                await self._stream_once()
-                backoff = BACKOFF_START
-            except (ReplicationError, ProtocolError, OSError, ConnectionError) as e:
-                self.state = "disconnected"
-                self.last_error = str(e)
-                log.warning("WAL source %s failed: %s; reconnecting in %.1fs tenant=%s "
-                            "timeline=%s", redact_conninfo(self.wal_source), e, backoff,
-                            tl.tenant_id, tl.timeline_id)
-            except (CorruptionError, UnsupportedWalRecord, EndOfWal) as e:
-                self._decode_failures += 1
-                self.last_error = str(e)
-                if self._decode_failures >= MAX_DECODE_FAILURES:
-                    self.state = "broken"
-                    log.error("ingest stopped after %d failures: %s tenant=%s timeline=%s",
-                              self._decode_failures, e, tl.tenant_id, tl.timeline_id)
-                    await asyncio.to_thread(self._mark_broken, str(e))
-                    return
-                log.warning("cannot ingest WAL: %s; reloading from disk_consistent_lsn %s "
-                            "tenant=%s timeline=%s", e, tl.disk_consistent_lsn, tl.tenant_id,
-                            tl.timeline_id)
-                await self._drain_flushes()
-                self.tli = tl = await asyncio.to_thread(self._reload)
-            if self._stopped.is_set():
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX)
+    # ------------------------------------------------------------------ receiving
+    async def _receive(self, loop: SupervisedLoop) -> None:
+        try:
+            await self._stream_once(loop)
+        except CONNECTION_ERRORS as e:
+            loop.detail = "disconnected"
+            raise ReplicationError(f"WAL source {mask_conninfo(self.wal_source)} failed: "
+                                   f"{describe(e)}") from e
+        except Exception as e:
+            await self._recover(loop, e)
+            if self.broken_reason is None:
+                raise
 
-    async def _stream_once(self) -> None:
+    async def _recover(self, loop: SupervisedLoop, err: Exception) -> None:
+        """After a failure inside decoding or ingesting: drop the in-memory state and
+        reload it from disk_consistent_lsn (or give up for good)."""
+        self._decode_failures += 1
+        if self._decode_failures >= MAX_DECODE_FAILURES:
+            reason = (f"ingest stopped after {self._decode_failures} failures in a row at "
+                      f"{self.tli.last_record_lsn}: {describe(err)}")
+            log.error("%s; the timeline is broken (its slot is kept: it resumes from "
+                      "disk_consistent_lsn %s once the cause is fixed)", reason,
+                      self.tli.disk_consistent_lsn)
+            self.broken_reason = reason
+            loop.detail = "broken"
+            await asyncio.to_thread(self._mark_broken, reason)
+            loop.finish()
+            return
+        loop.detail = "reloading"
+        log.warning("cannot ingest WAL: %s; reloading from disk_consistent_lsn %s",
+                    describe(err), self.tli.disk_consistent_lsn)
+        await self._wait_flushed()
+        self.tli = await asyncio.to_thread(self._reload)
+        self.received_lsn = self.tli.last_record_lsn
+
+    async def _stream_once(self, loop: SupervisedLoop) -> None:
         tl = self.tli
+        loop.detail = "connecting"
         conn = await ReplicationConnection.connect(
-            self.wal_source, application_name=slot_name(tl.timeline_id), connect_timeout=10)
+            self.wal_source, application_name=timeline_slot_name(tl.timeline_id), connect_timeout=10)
         try:
             await conn.identify_system()
             start = tl.last_record_lsn
-            stream = await conn.start_replication(start, slot=slot_name(tl.timeline_id))
+            stream = await conn.start_replication(start, slot=timeline_slot_name(tl.timeline_id))
             decoder = WalStreamDecoder(start, prev_lsn=tl.prev_record_lsn or None)
-            self.state = "streaming"
+            loop.detail = "streaming"
             last_status = 0.0
-            stop_task = asyncio.create_task(self._stopped.wait())
+            stop_task = asyncio.create_task(loop.wait_stop_requested())
             try:
                 it = stream.__aiter__()
                 while True:
@@ -151,8 +186,10 @@ class WalReceiver:
                     try:
                         msg = await next_msg
                     except StopAsyncIteration:
+                        loop.detail = "source ended the stream"
                         return
                     if isinstance(msg, XLogData):
+                        await failpoints.acheck("ingest-receiver-record")
                         self._handle_xlog(decoder, msg)
                     elif isinstance(msg, PrimaryKeepalive) and msg.reply_requested:
                         await self._send_status(conn, force=True)
@@ -164,7 +201,8 @@ class WalReceiver:
             finally:
                 stop_task.cancel()
         finally:
-            self.state = "disconnected" if not self._stopped.is_set() else "stopped"
+            if loop.detail == "streaming":
+                loop.detail = "disconnected"
             await conn.close()
 
     def _handle_xlog(self, decoder: WalStreamDecoder, msg: XLogData) -> None:
@@ -178,9 +216,7 @@ class WalReceiver:
         while (rec := decoder.poll()) is not None:
             batch.extend(tl.ingest(rec))
             if tl.should_freeze():
-                layer = tl.freeze()
-                if layer is not None:
-                    self._flush_queue.put_nowait(layer)
+                self._freeze()
         self._decode_failures = 0
         if batch:
             self._on_values(batch)
@@ -194,34 +230,38 @@ class WalReceiver:
         self.flush_reported = flush
 
     # ------------------------------------------------------------------ flushing
+    def _freeze(self) -> None:
+        if self.tli.freeze() is not None:
+            self._frozen_ready.set()
+
     def freeze_if_due(self) -> None:
         """Called by the service's timer: freeze at checkpoint_timeout."""
         if self.tli.should_freeze():
-            layer = self.tli.freeze()
-            if layer is not None:
-                self._flush_queue.put_nowait(layer)
+            self._freeze()
 
-    async def _flush_loop(self) -> None:
+    async def _flush_loop(self, loop: SupervisedLoop) -> None:
         while True:
-            layer = await self._flush_queue.get()
             tl = self.tli
-            try:
-                await asyncio.to_thread(tl.flush, layer)  # type: ignore[arg-type]
-            except PagestoreError as e:
-                log.error("flush failed: %s tenant=%s timeline=%s", e.message, tl.tenant_id,
-                          tl.timeline_id)
-                raise
-            finally:
-                self._flush_queue.task_done()
+            layer = tl.oldest_frozen()
+            if layer is None or (self._closing and not self._drain):
+                if self._closing:
+                    loop.detail = "done"
+                    return
+                loop.detail = "idle"
+                self._frozen_ready.clear()
+                if tl.oldest_frozen() is None:
+                    await self._frozen_ready.wait()
+                continue
+            loop.detail = f"flushing [{layer.start_lsn}, {layer.end_lsn})"
+            await asyncio.to_thread(tl.flush, layer)
+            self._flushed.set()
             self._on_progress()
 
-    async def _drain_flushes(self) -> None:
-        await self._flush_queue.join()
-
-
-def redact_conninfo(conninfo: str) -> str:
-    """A connection string without its password, for logs."""
-    import re
-
-    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", re.sub(
-        r"(://[^:/@]+:)[^@]*@", r"\1***@", conninfo))
+    async def _wait_flushed(self) -> None:
+        """Until every frozen layer is flushed (the flusher retries failures itself)."""
+        while self.tli.oldest_frozen() is not None:
+            self._flushed.clear()
+            self._frozen_ready.set()
+            if self.tli.oldest_frozen() is None:
+                break
+            await self._flushed.wait()

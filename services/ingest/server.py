@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from pagestore import values
 from pagestore.errors import BadRequest
+from pagestore.grpcutil import loop_status
 from pagestore.ids import TenantId, TimelineId
 from pagestore.lsn import Lsn
 from pagestore.proto import common_pb2, ingest_pb2, ingest_pb2_grpc
@@ -35,35 +36,41 @@ def parse_timeline_ref(ref: common_pb2.TimelineRef) -> tuple[TenantId, TimelineI
         raise BadRequest(f"timeline: {e}") from None
 
 
-def lsns(e: TimelineEntry) -> ingest_pb2.TimelineLsns:
-    rx = e.receiver
-    tli = e.tli
-    return ingest_pb2.TimelineLsns(
-        last_record_lsn=int(tli.last_record_lsn), disk_consistent_lsn=int(tli.disk_consistent_lsn),
-        flush_reported_lsn=int(rx.flush_reported) if rx else 0,
-        min_readable_lsn=int(e.min_readable_lsn), prev_record_lsn=int(tli.prev_record_lsn),
-        state=rx.state if rx else "idle")
-
-
 class IngestServicer(ingest_pb2_grpc.IngestServicer):
     def __init__(self, manager: IngestManager) -> None:
         self.manager = manager
 
+    def lsns(self, e: TimelineEntry) -> ingest_pb2.TimelineLsns:
+        rx = e.receiver
+        tli = e.tli
+        return ingest_pb2.TimelineLsns(
+            last_record_lsn=int(tli.last_record_lsn),
+            disk_consistent_lsn=int(tli.disk_consistent_lsn),
+            flush_reported_lsn=int(rx.flush_reported) if rx else 0,
+            min_readable_lsn=int(e.min_readable_lsn), prev_record_lsn=int(tli.prev_record_lsn),
+            state=rx.state if rx else "idle", loops=loop_status(self.manager.loops(e)))
+
     async def AttachTimeline(self, request: ingest_pb2.AttachTimelineRequest,
                              context: Context) -> ingest_pb2.TimelineLsns:
         tenant, timeline = parse_timeline_ref(request.timeline)
-        return lsns(await self.manager.attach(tenant, timeline, request.wal_source))
+        return self.lsns(await self.manager.attach(tenant, timeline, request.wal_source))
 
     async def WaitForLsn(self, request: ingest_pb2.WaitForLsnRequest,
                          context: Context) -> ingest_pb2.TimelineLsns:
         tenant, timeline = parse_timeline_ref(request.timeline)
         timeout = (request.timeout_ms or DEFAULT_WAIT_MS) / 1000
-        return lsns(await self.manager.wait_for_lsn(tenant, timeline, Lsn(request.lsn), timeout))
+        return self.lsns(await self.manager.wait_for_lsn(tenant, timeline, Lsn(request.lsn),
+                                                         timeout))
 
     async def GetTimelineLsns(self, request: common_pb2.TimelineRef,
                               context: Context) -> ingest_pb2.TimelineLsns:
         tenant, timeline = parse_timeline_ref(request)
-        return lsns(self.manager.entry(tenant, timeline))
+        return self.lsns(self.manager.entry(tenant, timeline))
+
+    async def DetachTimeline(self, request: common_pb2.TimelineRef,
+                             context: Context) -> ingest_pb2.TimelineLsns:
+        tenant, timeline = parse_timeline_ref(request)
+        return self.lsns(await self.manager.detach(tenant, timeline))
 
     async def SubscribeWal(self, request: ingest_pb2.SubscribeWalRequest,
                            context: Context) -> AsyncIterator[ingest_pb2.WalBatch]:
@@ -82,8 +89,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
 async def setup(ctx: ServiceContext) -> None:
     assert ctx.catalog is not None
     cfg = ctx.config.ingest
+    # Leave the stack's stop a margin after draining before it would kill the process.
+    budget = max(1.0, float(ctx.config.shutdown_timeout) - 5.0)
     manager = IngestManager(ctx.catalog, ctx.workdir,
-                            IngestSettings(cfg.checkpoint_distance, float(cfg.checkpoint_timeout)))
+                            IngestSettings(cfg.checkpoint_distance, float(cfg.checkpoint_timeout)),
+                            shutdown_budget=budget)
     ingest_pb2_grpc.add_IngestServicer_to_server(IngestServicer(manager), ctx.grpc.server)
     await manager.start_existing()
     ctx.grpc.on_shutdown.append(manager.shutdown)

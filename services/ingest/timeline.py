@@ -4,14 +4,20 @@ Rules (ARCHITECTURE.md, "Durability rules"):
 - Records are ingested in LSN order into the open InMemoryLayer; ``last_record_lsn``
   follows the end of the last record.
 - The open layer is frozen at ``checkpoint_distance`` bytes of WAL or after
-  ``checkpoint_timeout``; a frozen layer covers [start, last_record_lsn + 1).  It is
-  written to an L0 delta layer file (fsynced), then the file and the new
-  disk_consistent_lsn (= its end - 1) are registered in the catalog in one transaction.
-  Only then is the frozen layer dropped, and only disk_consistent_lsn may be reported
-  to the WAL source as flushed.
-- After a crash, ``TimelineIngest.load`` rebuilds the metadata state from the layer
-  files at disk_consistent_lsn; streaming restarts there, so nothing is lost and nothing
-  is stored twice.
+  ``checkpoint_timeout``; a frozen layer covers [start, last_record_lsn + 1).  Frozen
+  layers are flushed strictly in LSN order (the oldest first): each is written to an L0
+  delta layer file (fsynced), then the file and the new disk_consistent_lsn (= its end -
+  1) are registered in the catalog in one transaction, which refuses a flush that does
+  not start at disk_consistent_lsn + 1 (no gap, never backwards).  Only then is the
+  frozen layer dropped, and only disk_consistent_lsn may be reported to the WAL source
+  as flushed.
+- A flush is idempotent: retried after any failure (the file written but the commit
+  lost, the commit done but its answer lost) it ends in the same state, never a
+  FileExistsError or a second row.
+- After a crash, ``TimelineIngest.load`` sweeps the leftovers of interrupted writes
+  (temporary and unregistered layer files) and rebuilds the metadata state from the
+  layer files at disk_consistent_lsn; streaming restarts there, so nothing is lost and
+  nothing is stored twice.
 """
 
 from __future__ import annotations
@@ -22,9 +28,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pagestore import metadata, values
+from pagestore import failpoints, metadata, values
 from pagestore.catalog import repo
-from pagestore.errors import NotFound
+from pagestore.errors import NotFound, PagestoreError
 from pagestore.keys import (
     KEY_MAX,
     KEY_MIN,
@@ -41,8 +47,10 @@ from pagestore.keys import (
     twophase_dir_key,
 )
 from pagestore.layers.delta import DeltaLayerWriter
+from pagestore.layers.format import sweep_unregistered
 from pagestore.layers.inmemory import InMemoryLayer
 from pagestore.layers.layermap import LayerMap
+from pagestore.layers.names import delta_layer_name
 from pagestore.lsn import Lsn
 from pagestore.pg.controlfile import CheckPoint
 from services.ingest.walingest import TimelineState, WalIngest
@@ -118,8 +126,8 @@ class TimelineIngest:
     def load(cls, tenant_id: TenantId, timeline_id: TimelineId, timeline_dir: Path,
              sessions: sessionmaker[Session], settings: IngestSettings) -> TimelineIngest:
         with sessions.begin() as s:
-            tl = repo.get_timeline(s, tenant_id, timeline_id)
-            layer_rows = repo.list_layers(s, tenant_id, timeline_id)
+            tl, layer_rows = repo.read_layer_map(s, tenant_id, timeline_id)
+        sweep_unregistered(timeline_dir, {r.file_name for r in layer_rows})
         layers = LayerMap(timeline_dir, layer_rows)
         lsn = tl.disk_consistent_lsn
         state = load_state(layers, lsn)
@@ -135,6 +143,16 @@ class TimelineIngest:
     def sources(self) -> list[InMemoryLayer]:
         with self._lock:
             return [self.open, *self.frozen]
+
+    def snapshot(self) -> tuple[list[InMemoryLayer], Lsn]:
+        """The in-memory layers and disk_consistent_lsn, taken together: every value
+        above that disk_consistent_lsn is in one of those layers."""
+        with self._lock:
+            return [self.open, *self.frozen], self.disk_consistent_lsn
+
+    def oldest_frozen(self) -> InMemoryLayer | None:
+        with self._lock:
+            return self.frozen[0] if self.frozen else None
 
     def _read_page_value(self, key: Key, lsn: Lsn) -> bytes:
         """A self-sufficient value for ``key`` as of ``lsn``: its image if the newest
@@ -183,32 +201,44 @@ class TimelineIngest:
         return layer
 
     def flush(self, layer: InMemoryLayer) -> Lsn:
-        """Write a frozen layer to disk and register it (blocking; run it in a thread)."""
+        """Write the oldest frozen layer to disk and register it (blocking; run it in a
+        thread).  Safe to call again for the same layer after any failure."""
+        failpoints.check("ingest-flush-start")
+        with self._lock:
+            if not self.frozen or self.frozen[0] is not layer:
+                raise PagestoreError(f"flush of the layer starting at {layer.start_lsn} is out "
+                                     "of order: frozen layers are flushed oldest first")
         assert layer.end_lsn is not None
         disk_consistent = Lsn(layer.end_lsn - 1)
         record: repo.LayerRecord | None = None
         if layer.count:
-            with DeltaLayerWriter(self.dir, KEY_MIN, KEY_MAX, layer.start_lsn,
-                                  layer.end_lsn) as w:
-                for key, lsn, value in layer.sorted_items():
-                    w.put(key, lsn, value, values.will_init(value))
-                info = w.finish()
-            record = repo.LayerRecord("delta", 0, info.key_start.to_bytes(),
-                                      info.key_end.to_bytes(), info.lsn_start, info.lsn_end,
-                                      info.file_name, info.file_size, info.checksum)
+            name = delta_layer_name(KEY_MIN, KEY_MAX, layer.start_lsn, layer.end_lsn)
+            with self.sessions.begin() as s:
+                record = repo.get_layer(s, self.tenant_id, self.timeline_id, name)
+            if record is None:
+                with DeltaLayerWriter(self.dir, KEY_MIN, KEY_MAX, layer.start_lsn,
+                                      layer.end_lsn) as w:
+                    for key, lsn, value in layer.sorted_items():
+                        w.put(key, lsn, value, values.will_init(value))
+                    # A file of this name that no row names is what an earlier attempt
+                    # left (a crash or a failed commit): replace it.
+                    info = w.finish(replace=True)
+                record = repo.LayerRecord("delta", 0, info.key_start.to_bytes(),
+                                          info.key_end.to_bytes(), info.lsn_start,
+                                          info.lsn_end, info.file_name, info.file_size,
+                                          info.checksum)
+                failpoints.check("ingest-flush-after-write")
         with self.sessions.begin() as s:
-            if record is not None:
-                repo.add_layer(s, self.tenant_id, self.timeline_id, record)
-            repo.update_timeline(s, self.tenant_id, self.timeline_id,
-                                 disk_consistent_lsn=disk_consistent,
-                                 last_record_lsn=disk_consistent,
-                                 prev_record_lsn=layer.prev_record_lsn, state="active")
+            registered = repo.commit_flush(
+                s, self.tenant_id, self.timeline_id, layer=record, lsn_start=layer.start_lsn,
+                disk_consistent_lsn=disk_consistent, prev_record_lsn=layer.prev_record_lsn)
+        failpoints.check("ingest-flush-after-commit")
         with self._lock:
-            if record is not None:
+            if record is not None and not self.layers.has(record.file_name):
                 self.layers.add(record)
             self.frozen.remove(layer)
             self.disk_consistent_lsn = disk_consistent
-        log.info("flushed layer %s values=%d disk_consistent_lsn=%s tenant=%s timeline=%s",
+        log.info("flushed layer %s values=%d disk_consistent_lsn=%s%s",
                  record.file_name if record else "(none: no values)", layer.count,
-                 disk_consistent, self.tenant_id, self.timeline_id)
+                 disk_consistent, "" if registered else " (registered by an earlier attempt)")
         return disk_consistent

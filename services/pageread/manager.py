@@ -6,9 +6,14 @@ Rules:
   WAL from the layer files' disk_consistent_lsn.
 - A LISTEN on the catalog's ``pagestore_layers`` channel reloads a timeline's layer map
   when ingest registers a layer, and drops the part of the recent tail it covers.
-- If the subscription ends or fails, it is resumed from the (reloaded) layer map's
-  disk_consistent_lsn after a short backoff; reads meanwhile wait (bounded) for LSNs
-  they need.
+  Reloads of one timeline run one at a time, read the timeline row and its layers from
+  one snapshot, and apply only a map whose ``layers_version`` is newer than the one held.
+- The tail follower is a supervised loop (pagestore.supervise): if the subscription
+  ends or fails, it is resumed from the (reloaded) layer map's disk_consistent_lsn after
+  a backoff; values ingest sends again are skipped (RecentTail); reads meanwhile wait
+  (bounded) for LSNs they need.  When the tail outgrows ``pageread.max_tail_bytes`` the
+  follower leaves the subscription and waits for layer files to cover the tail: reads
+  then wait for the next layer file instead of memory growing without bound.
 - Redo goes to the redo service, one RedoBatch per request, with the cluster settings
   (data checksums, wal_log_hints) from the timeline's control file.
 """
@@ -24,6 +29,7 @@ import grpc
 import psycopg
 from sqlalchemy.engine import make_url
 
+from pagestore import failpoints
 from pagestore.catalog import repo
 from pagestore.catalog.db import make_sessionmaker
 from pagestore.errors import (
@@ -39,6 +45,7 @@ from pagestore.layers.layermap import LayerMap, ValueChain
 from pagestore.lsn import Lsn
 from pagestore.proto import common_pb2, ingest_pb2, ingest_pb2_grpc, redo_pb2, redo_pb2_grpc
 from pagestore.redo.context import RedoContext
+from pagestore.supervise import SupervisedLoop
 from services.pageread.timeline import TimelineReader
 
 if TYPE_CHECKING:
@@ -51,7 +58,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RESUBSCRIBE_DELAY = 0.5
+#: The tail follower retries at least this often while ingest is away, so reads see new
+#: WAL soon after ingest is back.
+FOLLOWER_BACKOFF_MAX = 5.0
+#: While the tail is full, reload the layer map at least this often.
+TAIL_FULL_RECHECK = 10.0
+
 
 
 class PageReadManager:
@@ -62,7 +74,11 @@ class PageReadManager:
         self.config = config
         self.readers: dict[tuple[TenantId, TimelineId], TimelineReader] = {}
         self._loading: dict[tuple[TenantId, TimelineId], asyncio.Lock] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._reloading: dict[tuple[TenantId, TimelineId], asyncio.Lock] = {}
+        self.followers: dict[tuple[TenantId, TimelineId], SupervisedLoop] = {}
+        self.listener = SupervisedLoop("pageread", "layer-listener", self._listen,
+                                       restart_on_return=True)
+        self.tail_full_events = 0
         self._ingest: ingest_pb2_grpc.IngestAsyncStub | None = None
         self._redo: redo_pb2_grpc.RedoAsyncStub | None = None
         self._ctx: dict[tuple[TenantId, TimelineId], RedoContext] = {}
@@ -71,14 +87,14 @@ class PageReadManager:
     async def start(self) -> None:
         self._ingest = ingest_pb2_grpc.IngestStub(channel(self.config.service_addr("ingest")))
         self._redo = redo_pb2_grpc.RedoStub(channel(self.config.service_addr("redo")))
-        self._tasks.append(asyncio.create_task(self._listen(), name="layer-notify"))
+        self.listener.start()
 
     async def shutdown(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(BaseException):
-                await t
+        await asyncio.gather(self.listener.stop(), *(f.stop() for f in self.followers.values()))
+
+    def loops(self, tenant: TenantId, timeline: TimelineId) -> list[SupervisedLoop]:
+        follower = self.followers.get((tenant, timeline))
+        return [*([follower] if follower else []), self.listener]
 
     def timeline_dir(self, tenant: TenantId, timeline: TimelineId) -> Path:
         return self.workdir / "tenants" / str(tenant) / "timelines" / str(timeline)
@@ -95,7 +111,7 @@ class PageReadManager:
             if r is not None:
                 return r
             row, rows = await asyncio.to_thread(self._load_rows, tenant, timeline)
-            layers = LayerMap(self.timeline_dir(tenant, timeline), rows)
+            layers = LayerMap(self.timeline_dir(tenant, timeline), [])
             is_branch = row.ancestor_timeline_id is not None
             if (not row.wal_source and not is_branch) or row.state not in ("active",):
                 raise TimelineNotFound(f"Not found: timeline {timeline} of tenant {tenant} "
@@ -109,8 +125,7 @@ class PageReadManager:
                                wait_timeout=float(cfg.wait_lsn_timeout),
                                redo=lambda chains, k=key: self._redo_chains(k, chains),  # type: ignore[misc]
                                cache_pages=cfg.page_cache_pages)
-            r.tail.last_record_lsn = row.disk_consistent_lsn
-            r.tail.disk_consistent_lsn = row.disk_consistent_lsn
+            r.apply_layer_map(row.layers_version, rows, row.disk_consistent_lsn)
             if ancestor is not None:
                 assert row.ancestor_lsn is not None
                 r.ancestor, r.ancestor_lsn = ancestor, row.ancestor_lsn
@@ -118,70 +133,124 @@ class PageReadManager:
             self._ctx[key] = RedoContext.from_control_file(raw) if raw else RedoContext()
             self.readers[key] = r
             if row.wal_source:  # a branch without a compute writing to it has no new WAL
-                self._tasks.append(asyncio.create_task(self._follow(r),
-                                                       name=f"tail-{timeline}"))
-            log.info("timeline loaded layers=%d disk_consistent_lsn=%s tenant=%s timeline=%s",
-                     len(layers.layers), row.disk_consistent_lsn, tenant, timeline)
+                self.followers[key] = SupervisedLoop(
+                    "pageread", "tail-follower", lambda loop: self._follow(loop, r),
+                    tenant=tenant, timeline=timeline, restart_on_return=True,
+                    backoff_max=FOLLOWER_BACKOFF_MAX).start()
+            log.info("timeline loaded layers=%d disk_consistent_lsn=%s layers_version=%d "
+                     "tenant=%s timeline=%s", len(rows), row.disk_consistent_lsn,
+                     row.layers_version, tenant, timeline)
             return r
 
     def _load_rows(self, tenant: TenantId,
                    timeline: TimelineId) -> tuple[repo.TimelineRecord, list[repo.LayerRecord]]:
         with self.sessions.begin() as s:
-            return repo.get_timeline(s, tenant, timeline), repo.list_layers(s, tenant, timeline)
+            return repo.read_layer_map(s, tenant, timeline)
 
-    async def _reload_layers(self, r: TimelineReader) -> Lsn:
-        row, rows = await asyncio.to_thread(self._load_rows, r.tenant_id, r.timeline_id)
-        r.layers.replace(rows)
-        r.tail.drop_through(row.disk_consistent_lsn)
-        r.gc_cutoff_lsn = row.gc_cutoff_lsn
-        return row.disk_consistent_lsn
+    def _forget(self, tenant: TenantId, timeline: TimelineId) -> None:
+        """The timeline is gone from the catalog (deleted): stop serving it."""
+        key = (tenant, timeline)
+        if self.readers.pop(key, None) is not None:
+            log.info("timeline no longer in the catalog: unloaded tenant=%s timeline=%s",
+                     tenant, timeline)
+        follower = self.followers.pop(key, None)
+        if follower is not None:
+            follower.request_stop()
+        self._ctx.pop(key, None)
 
-    async def _follow(self, r: TimelineReader) -> None:
-        """Keep the recent tail current from the ingest service."""
-        assert self._ingest is not None
-        ref = common_pb2.TimelineRef(tenant_id=str(r.tenant_id), timeline_id=str(r.timeline_id))
-        while True:
+    async def reload_layers(self, r: TimelineReader) -> None:
+        """Read the timeline's layer map from the catalog and apply it if newer.  One
+        reload of a timeline at a time: a later one always reads a later snapshot."""
+        key = (r.tenant_id, r.timeline_id)
+        async with self._reloading.setdefault(key, asyncio.Lock()):
             try:
-                from_lsn = await self._reload_layers(r)
-                stream = self._ingest.SubscribeWal(ingest_pb2.SubscribeWalRequest(
-                    timeline=ref, from_lsn=int(from_lsn)))
-                async for batch in stream:
-                    r.tail.add([(kv.key, kv.lsn, kv.value) for kv in batch.values])
-                    await r.advance(Lsn(batch.last_record_lsn), Lsn(batch.disk_consistent_lsn))
-            except asyncio.CancelledError:
+                row, rows = await asyncio.to_thread(self._load_rows, r.tenant_id,
+                                                    r.timeline_id)
+            except TimelineNotFound:
+                self._forget(r.tenant_id, r.timeline_id)
                 raise
-            except grpc.aio.AioRpcError as e:
-                err = from_rpc_error(e)
-                level = logging.INFO if isinstance(err, FailedPrecondition | Unavailable) \
-                    else logging.WARNING
-                log.log(level, "recent-WAL subscription ended: %s; resubscribing tenant=%s "
-                        "timeline=%s", err.message, r.tenant_id, r.timeline_id)
-            except PagestoreError as e:
-                log.warning("recent-WAL subscription failed: %s tenant=%s timeline=%s",
-                            e.message, r.tenant_id, r.timeline_id)
-            await asyncio.sleep(RESUBSCRIBE_DELAY)  # backoff between attempts
+            await failpoints.acheck("pageread-layers-reload")
+            if r.apply_layer_map(row.layers_version, rows, row.disk_consistent_lsn):
+                r.gc_cutoff_lsn = row.gc_cutoff_lsn
+                log.debug("layer map reloaded layers=%d layers_version=%d "
+                          "disk_consistent_lsn=%s", len(rows), row.layers_version,
+                          row.disk_consistent_lsn)
 
-    async def _listen(self) -> None:
+    async def _follow(self, loop: SupervisedLoop, r: TimelineReader) -> None:
+        """Keep the recent tail current from the ingest service (one subscription)."""
+        assert self._ingest is not None
+        limit = self.config.pageread.max_tail_bytes
+        try:
+            while r.tail.bytes > limit // 2 and not loop.stopping:
+                # The tail outgrew its limit: wait until layer files cover most of it
+                # (the listener reloads the map on each new layer; reload here too, in
+                # case a notification was missed).
+                loop.detail = f"tail full ({r.tail.bytes} bytes): waiting for layer files"
+                r.layers_changed.clear()
+                await self.reload_layers(r)
+                if r.tail.bytes > limit // 2:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(r.layers_changed.wait(), TAIL_FULL_RECHECK)
+            await self.reload_layers(r)
+        except TimelineNotFound:
+            loop.finish()
+            return
+        from_lsn = r.layers_disk_consistent_lsn
+        ref = common_pb2.TimelineRef(tenant_id=str(r.tenant_id), timeline_id=str(r.timeline_id))
+        loop.detail = f"subscribing from {from_lsn}"
+        stream = self._ingest.SubscribeWal(ingest_pb2.SubscribeWalRequest(
+            timeline=ref, from_lsn=int(from_lsn)))
+        try:
+            async for batch in stream:
+                loop.detail = "following"
+                await failpoints.acheck("pageread-tail-batch")
+                r.tail.add([(kv.key, kv.lsn, kv.value) for kv in batch.values])
+                await r.advance(Lsn(batch.last_record_lsn))
+                if r.tail.bytes > limit:
+                    self.tail_full_events += 1
+                    log.warning("recent tail holds %d bytes, over pageread.max_tail_bytes %d "
+                                "(%d times so far): leaving the subscription until layer "
+                                "files cover it; reads above %s wait for them", r.tail.bytes,
+                                limit, self.tail_full_events, r.last_record_lsn)
+                    stream.cancel()
+                    return
+        except grpc.aio.AioRpcError as e:
+            err = from_rpc_error(e)
+            if isinstance(err, FailedPrecondition):
+                # Ingest flushed past our layer map (or restarted): reload, resubscribe.
+                loop.note_error(err)
+                loop.detail = f"resubscribing: {err.message}"
+                log.info("recent-WAL subscription ended: %s; resubscribing", err.message)
+                return
+            loop.detail = "ingest unavailable" if isinstance(err, Unavailable) else "failed"
+            raise err from None
+        loop.detail = "subscription ended; resubscribing"
+
+    async def _listen(self, loop: SupervisedLoop) -> None:
         """LISTEN pagestore_layers: reload a timeline's layer map when it changes."""
         url = make_url(self.config.catalog.url)
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(
-                        host=url.host or "127.0.0.1", port=url.port or 5432, user=url.username,
-                        password=url.password, dbname=url.database, autocommit=True) as conn:
-                    await conn.execute("LISTEN pagestore_layers")
-                    async for note in conn.notifies():
-                        tenant, _, timeline = note.payload.partition("/")
-                        for (t, tl), r in list(self.readers.items()):
-                            if str(t) == tenant and str(tl) == timeline:
-                                # The new layer holds what the tail held: cached
-                                # pages (key, LSN) stay right.
-                                await self._reload_layers(r)
-            except asyncio.CancelledError:
-                raise
-            except psycopg.Error as e:
-                log.warning("catalog LISTEN failed: %s; retrying", e)
-                await asyncio.sleep(1.0)  # backoff before reconnecting
+        loop.detail = "connecting"
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                    host=url.host or "127.0.0.1", port=url.port or 5432, user=url.username,
+                    password=url.password, dbname=url.database, autocommit=True) as conn:
+                await conn.execute("LISTEN pagestore_layers")
+                loop.detail = "listening"
+                # Changes made while not listening: reload every timeline once.
+                for r in list(self.readers.values()):
+                    await self._reload_quietly(r)
+                async for note in conn.notifies():
+                    tenant, _, timeline = note.payload.partition("/")
+                    for (t, tl), r in list(self.readers.items()):
+                        if str(t) == tenant and str(tl) == timeline:
+                            await self._reload_quietly(r)
+        except psycopg.Error as e:
+            raise Unavailable(f"catalog LISTEN failed: {e}") from None
+
+    async def _reload_quietly(self, r: TimelineReader) -> None:
+        """A reload for the listener: a deleted timeline is unloaded, not an error."""
+        with contextlib.suppress(TimelineNotFound):
+            await self.reload_layers(r)
 
     async def add_lease(self, r: TimelineReader, lsn: int, until: object) -> None:
         from pagestore.catalog.models import LsnLease

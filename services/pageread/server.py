@@ -12,6 +12,7 @@ inside the response, and ends the stream only for errors that are not the reques
 from __future__ import annotations
 
 import datetime
+import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,12 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from pagestore.errors import BadRequest, PagestoreError
-from pagestore.grpcutil import SHARD_METADATA_KEY, TENANT_METADATA_KEY, TIMELINE_METADATA_KEY
+from pagestore.grpcutil import (
+    SHARD_METADATA_KEY,
+    TENANT_METADATA_KEY,
+    TIMELINE_METADATA_KEY,
+    loop_status,
+)
 from pagestore.ids import TenantId, TimelineId
 from pagestore.keys import RelTag, SlruKind
 from pagestore.lsn import Lsn
@@ -35,6 +41,8 @@ if TYPE_CHECKING:
     from services.pageread.timeline import TimelineReader
 
     Context = grpc.aio.ServicerContext[Any, Any]
+
+log = logging.getLogger(__name__)
 
 LEASE_LENGTH = datetime.timedelta(minutes=10)
 STATUS_BY_CODE = {
@@ -78,6 +86,8 @@ def rel_tag(rel: pb.RelTag) -> RelTag:
 class PageService(page_service_pb2_grpc.PageServiceServicer):
     def __init__(self, manager: PageReadManager) -> None:
         self.manager = manager
+        self.max_blocks = manager.config.pageread.max_blocks_per_request
+        self.oversized_requests = 0
 
     async def _reader(self, context: Context) -> TimelineReader:
         tenant, timeline = request_ids(context)
@@ -102,6 +112,15 @@ class PageService(page_service_pb2_grpc.PageServiceServicer):
                     raise BadRequest("required field 'rel' is missing")
                 if not req.block_number:
                     raise BadRequest("required field 'block_number' is missing")
+                if len(req.block_number) > self.max_blocks:
+                    self.oversized_requests += 1
+                    log.warning("GetPages request for %d blocks refused: over "
+                                "pageread.max_blocks_per_request %d (%d refused so far)",
+                                len(req.block_number), self.max_blocks,
+                                self.oversized_requests)
+                    raise BadRequest(f"a GetPages request may ask for at most {self.max_blocks} "
+                                     f"blocks (pageread.max_blocks_per_request); this one asks "
+                                     f"for {len(req.block_number)}")
                 rel = rel_tag(req.rel)
                 lsn = await self._effective(r, req.read_lsn)
                 blocks = list(req.block_number)
@@ -181,6 +200,18 @@ class PageReadExtras(pageread_pb2_grpc.PageReadExtrasServicer):
         async for chunk in stream_backup(r, lsn, prev_lsn=Lsn(request.prev_lsn) or None,
                                          full=True):
             yield pageread_pb2.BackupChunk(chunk=chunk)
+
+    async def GetTimelineStatus(self, request: pageread_pb2.GetTimelineStatusRequest,
+                                context: Context) -> pageread_pb2.TimelineReadStatus:
+        tenant, timeline = request_ids(context)
+        r = self.manager.readers.get((tenant, timeline))
+        loops = loop_status(self.manager.loops(tenant, timeline))
+        if r is None:
+            return pageread_pb2.TimelineReadStatus(loaded=False, loops=loops)
+        return pageread_pb2.TimelineReadStatus(
+            loaded=True, last_record_lsn=int(r.last_record_lsn),
+            disk_consistent_lsn=int(r.layers_disk_consistent_lsn),
+            layers_version=r.layers_version, tail_bytes=r.tail.bytes, loops=loops)
 
     async def ListRelations(self, request: pageread_pb2.ListRelationsRequest,
                             context: Context) -> pageread_pb2.ListRelationsResponse:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pagestore import metadata, values
@@ -44,10 +43,12 @@ from pagestore.keys import (
 from pagestore.layers.inmemory import InMemoryLayer
 from pagestore.layers.layermap import ValueChain
 from pagestore.lsn import Lsn
+from pagestore.waiting import LsnWaiter
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from pagestore.catalog.repo import LayerRecord
     from pagestore.ids import TenantId, TimelineId
     from pagestore.layers.layermap import LayerMap
 
@@ -56,30 +57,59 @@ log = logging.getLogger(__name__)
 ZERO_PAGE = bytes(BLCKSZ)
 
 
-@dataclass(slots=True)
 class RecentTail:
-    """Values above the layer files' disk_consistent_lsn, in chunks by LSN."""
+    """Values above the layer files' disk_consistent_lsn, in chunks by LSN.
 
-    chunks: list[InMemoryLayer] = field(default_factory=list)
-    last_record_lsn: Lsn = Lsn.INVALID
-    disk_consistent_lsn: Lsn = Lsn.INVALID
+    Invariant: every value at or below ``last_record_lsn`` is here or in the layer map.
+    So a value at or below it that arrives again (a resubscription, or an ingest that
+    restarted or reloaded and streams again what it had in memory) is one already held,
+    and is skipped.  ``progress`` wakes readers waiting for last_record_lsn to move.
+    """
 
-    def add(self, values: list[tuple[bytes, int, bytes]]) -> None:
-        if not values:
-            return
-        if not self.chunks or self.chunks[-1].count >= 100_000:
-            self.chunks.append(InMemoryLayer(Lsn(values[0][1])))
-        put = self.chunks[-1].put_raw
+    CHUNK_VALUES = 100_000
+    CHUNK_BYTES = 8 * 1024 * 1024
+    VALUE_OVERHEAD = 64  # bytes per value beyond its payload (key, LSN, list slots)
+
+    def __init__(self) -> None:
+        self.chunks: list[InMemoryLayer] = []
+        self.progress = LsnWaiter()
+        self.bytes = 0
+
+    @property
+    def last_record_lsn(self) -> Lsn:
+        return self.progress.lsn
+
+    @last_record_lsn.setter
+    def last_record_lsn(self, lsn: Lsn) -> None:
+        """Moves forward only (and wakes the readers waiting for it)."""
+        self.progress.advance(lsn)
+
+    def add(self, values: list[tuple[bytes, int, bytes]]) -> int:
+        """Add values newer than last_record_lsn (older ones are held already); returns
+        how many were added."""
+        held = int(self.last_record_lsn)
+        added = 0
+        chunk = self.chunks[-1] if self.chunks else None
         for kb, lsn, value in values:
-            put(kb, lsn, value)
+            if lsn <= held:
+                continue
+            if (chunk is None or chunk.count >= self.CHUNK_VALUES
+                    or chunk.value_bytes >= self.CHUNK_BYTES):
+                chunk = InMemoryLayer(Lsn(lsn))
+                self.chunks.append(chunk)
+            chunk.put_raw(kb, lsn, value)
+            self.bytes += len(value) + self.VALUE_OVERHEAD
+            added += 1
+        return added
 
     def drop_through(self, lsn: Lsn) -> None:
         """Forget chunks whose every value is at or below ``lsn`` (now in layer files)."""
         keep = []
         for c in self.chunks:
-            top = max((lsns[-1] for lsns, _ in c.entries.values()), default=0)
-            if top > lsn:
+            if c.max_lsn > lsn:
                 keep.append(c)
+            else:
+                self.bytes -= c.value_bytes + c.count * self.VALUE_OVERHEAD
         self.chunks = keep
 
 
@@ -121,12 +151,14 @@ class TimelineReader:
         self.timeline_id = timeline_id
         self.layers = layers
         self.tail = RecentTail()
+        self.layers_version = -1  # of the layer map held (apply_layer_map)
+        self.layers_disk_consistent_lsn = Lsn.INVALID
+        self.layers_changed = asyncio.Event()  # set by every apply_layer_map
         self.min_readable_lsn = min_readable_lsn
         self.gc_cutoff_lsn = gc_cutoff_lsn
         self.wait_timeout = wait_timeout
         self._redo = redo
         self.cache = PageCache(cache_pages)
-        self.progress = asyncio.Condition()
         # A branch: versions at or below ancestor_lsn come from the ancestor timeline.
         self.ancestor: TimelineReader | None = None
         self.ancestor_lsn = Lsn.INVALID
@@ -147,23 +179,31 @@ class TimelineReader:
     def last_record_lsn(self) -> Lsn:
         return self.tail.last_record_lsn
 
-    async def advance(self, last_record_lsn: Lsn, disk_consistent_lsn: Lsn) -> None:
-        self.tail.last_record_lsn = max(self.tail.last_record_lsn, last_record_lsn)
-        self.tail.disk_consistent_lsn = max(self.tail.disk_consistent_lsn, disk_consistent_lsn)
-        async with self.progress:
-            self.progress.notify_all()
+    async def advance(self, last_record_lsn: Lsn) -> None:
+        """The tail holds every value up to ``last_record_lsn`` now."""
+        self.tail.last_record_lsn = last_record_lsn
 
     async def wait_for(self, lsn: Lsn, timeout: float | None = None) -> None:
-        if self.tail.last_record_lsn >= lsn:
-            return
         timeout = self.wait_timeout if timeout is None else timeout
-        try:
-            async with self.progress:
-                await asyncio.wait_for(
-                    self.progress.wait_for(lambda: self.tail.last_record_lsn >= lsn), timeout)
-        except TimeoutError:
+        if not await self.tail.progress.wait(lsn, timeout):
             raise LsnTimeout(f"LSN timeout: timed out after {timeout:.1f}s waiting for WAL up "
-                             f"to {lsn} (last record {self.tail.last_record_lsn})") from None
+                             f"to {lsn} (last record {self.tail.last_record_lsn})")
+
+    def apply_layer_map(self, version: int, layers: list[LayerRecord],
+                        disk_consistent_lsn: Lsn) -> bool:
+        """Take a layer map read from the catalog, if it is newer than the one held (an
+        older read finishing late never replaces a newer map); the tail then forgets what
+        the map's layers hold, and reads up to its disk_consistent_lsn need no WAL from
+        the tail.  True if applied."""
+        if version <= self.layers_version:
+            return False
+        self.layers.replace(layers)
+        self.layers_version = version
+        self.layers_disk_consistent_lsn = disk_consistent_lsn
+        self.tail.drop_through(disk_consistent_lsn)
+        self.tail.last_record_lsn = disk_consistent_lsn
+        self.layers_changed.set()
+        return True
 
     async def effective_lsn(self, request_lsn: int, not_modified_since: int) -> Lsn:
         """The LSN a request is served at (neon-protocols.md 5.2), waiting if needed."""
@@ -203,16 +243,21 @@ class TimelineReader:
         return data if data else None
 
     def rel_size(self, rel: RelTag, lsn: Lsn, *, allow_missing: bool = False) -> int | None:
-        """Blocks in a relation fork; a missing FSM or VM fork is 0 (PostgreSQL creates
-        them without WAL); a missing main fork is NotFound unless allow_missing."""
+        """Blocks in a relation fork.
+
+        With ``allow_missing`` (page_api's GetRelSize, the compute's Exists): None when
+        the fork does not exist, as the relation directory says -- for every fork.
+        Without it (Nblocks, GetPage): a missing FSM or VM fork is 0 blocks (PostgreSQL
+        calls smgrnblocks on an FSM fork it created but never extended, as Neon answers);
+        a missing main or init fork is NotFound."""
         if rel.relnode == 0:
             raise BadRequest(f"invalid relation {rel}: relnode 0")
+        if allow_missing and not self.rel_exists(rel, lsn):
+            return None
         raw = self.image(rel_size_key(rel), lsn)
         if raw is None:
-            if rel.forknum in (ForkNumber.FSM, ForkNumber.VISIBILITYMAP):
+            if allow_missing or rel.forknum in (ForkNumber.FSM, ForkNumber.VISIBILITYMAP):
                 return 0
-            if allow_missing:
-                return None
             raise NotFound(f"Not found: relation {rel} does not exist at {lsn}")
         return metadata.decode_nblocks(raw)
 

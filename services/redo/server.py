@@ -9,9 +9,13 @@ with page reads for the GIL.  Each request of a batch succeeds or fails on its o
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
+import grpc
+
+from pagestore import failpoints
 from pagestore.errors import BadRequest, PagestoreError
 from pagestore.keys import Key
 from pagestore.layers.layermap import ValueChain
@@ -22,12 +26,14 @@ from pagestore.redo.context import RedoContext
 from pagestore.service import ServiceContext, run_service
 
 if TYPE_CHECKING:
-    import grpc
-
     Context = grpc.aio.ServicerContext[Any, Any]
 
 
+log = logging.getLogger(__name__)
+
+
 def redo_one(req: redo_pb2.RedoRequest) -> bytes:
+    failpoints.check("redo-apply")
     try:
         key = Key.from_bytes(req.key)
     except ValueError as e:
@@ -58,6 +64,11 @@ def redo_batch(reqs: list[redo_pb2.RedoRequest]) -> redo_pb2.RedoBatchResponse:
             out.results.append(redo_pb2.RedoResult(page=redo_one(req)))
         except PagestoreError as e:
             out.results.append(redo_pb2.RedoResult(grpc_code=e.grpc_code.value[0], error=e.message))
+        except Exception as e:  # a bug in one request's redo fails that request alone
+            log.exception("redo of one request failed unexpectedly")
+            out.results.append(redo_pb2.RedoResult(
+                grpc_code=grpc.StatusCode.INTERNAL.value[0],
+                error=f"internal error in redo: {type(e).__name__}: {e}"))
     return out
 
 

@@ -259,7 +259,8 @@ def test_conninfo_uri_and_env() -> None:
 @pytest.mark.parametrize(("text", "match"), [
     ("host", 'missing "=" after'),
     ("password='abc", "unterminated quoted string"),
-    ("bogus=1", "invalid connection option 'bogus'"),
+    ("bogus=1", 'invalid connection option "bogus"'),  # libpq's own wording
+    ("dbname=x options=y", "invalid connection option 'options'"),  # libpq's, not ours
     ("sslmode=require", "sslmode=require is not supported"),
     ("port=abc", "invalid port"),
     ("port=70000", "invalid port 70000"),
@@ -268,6 +269,25 @@ def test_conninfo_uri_and_env() -> None:
 def test_conninfo_errors(text: str, match: str) -> None:
     with pytest.raises(BadRequest, match=match):
         rep.parse_conninfo(text, env={})
+
+
+@pytest.mark.parametrize("text", [
+    "host=h user=u password=s3cr3t dbname=d",
+    r"host=h password='s3cr3t with \'quote' user=u",
+    "postgresql://u:s3cr3t@h:5432/d",
+    "postgresql://u:s3cr3t@h/d?password=s3cr3t",
+])
+def test_mask_conninfo_hides_the_password(text: str) -> None:
+    masked = rep.mask_conninfo(text)
+    assert "s3cr3t" not in masked and "********" in masked
+    p = rep.parse_conninfo(masked, env={})
+    assert (p.host, p.user) == ("h", "u")
+
+
+def test_mask_conninfo_leaves_strings_without_password_alone() -> None:
+    text = "host=127.0.0.1 port=5432 user=postgres"
+    assert rep.mask_conninfo(text) == text
+    assert rep.mask_conninfo("host='unterminated password=x") == "<unparseable connection string>"
 
 
 # --------------------------------------------------------------------------- TAR

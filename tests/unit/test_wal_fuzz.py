@@ -120,3 +120,40 @@ def test_stream_decoder_on_garbage(garbage: bytes, chunks: int) -> None:
                 raise AssertionError("decoder did not ask for more data")
     except (CorruptWalError, EndOfWal):
         pass
+
+
+# --------------------------------------------------------------------------- record header limits
+
+def _first_page(tot_len: int, rmid: int, xl_prev: int) -> bytes:
+    """A segment's first page: a long header, then a record header (xl_tot_len, xid,
+    xl_prev, info, rmid, crc) that claims ``tot_len`` bytes, then filler to the page end."""
+    header = LONG_PAGE_HEADER.pack(XLOG_PAGE_MAGIC, 0x0002, 1, 0x1000000, 0, 42,
+                                   16 * 1024 * 1024, 8192)
+    record = struct.pack("<IIQBB2xI", tot_len, 7, xl_prev, 0, rmid, 0)
+    return (header + record).ljust(8192, b"\x01")
+
+
+def test_a_long_record_with_a_bad_header_fails_before_it_is_assembled() -> None:
+    # 100 MB claimed: the decoder must refuse from the first page, not buffer 100 MB.
+    for rmid, prev, match in [(50, 0xFFFFD0, "invalid resource manager ID 50"),
+                              (10, 0x123456, "incorrect prev-link 0/123456")]:
+        dec = WalStreamDecoder(Lsn(0x1000000), prev_lsn=Lsn(0xFFFFD0))
+        dec.feed(_first_page(100 * 1024 * 1024, rmid, prev))
+        try:
+            dec.poll()
+            raise AssertionError("a record with a bad header was accepted")
+        except CorruptWalError as e:
+            assert match in str(e) and "record length 104857600" in str(e)
+
+
+def test_a_record_longer_than_postgresql_can_write_is_refused_at_once() -> None:
+    dec = WalStreamDecoder(Lsn(0x1000000))
+    dec.feed(_first_page(0x40000000, 10, 0))  # MaxAllocSize + 1
+    try:
+        dec.poll()
+        raise AssertionError("a 1 GiB record was accepted")
+    except CorruptWalError as e:
+        assert "invalid record length" in str(e) and "1073741824" in str(e)
+    ok = WalStreamDecoder(Lsn(0x1000000), prev_lsn=Lsn(0xFFFFD0))
+    ok.feed(_first_page(0x3FFFFFFF, 10, 0xFFFFD0))  # the largest possible: more is needed
+    assert ok.poll() is None

@@ -54,8 +54,8 @@ FAILPOINTS: dict[str, str] = {
     "ingest-receiver-record": "ingest: in the WAL receiver, before each batch of WAL is decoded",
     "ingest-subscribe-snapshot": "ingest: in SubscribeWal, before the recent-WAL snapshot",
     "pageread-tail-batch": "pageread: in the tail follower, before each batch is added",
-    "pageread-layers-reload": "pageread: in a layer-map reload, after the catalog read, "
-                              "before the new map is applied",
+    "pageread-notify-reload": "pageread: in the layer listener, before it reloads a layer "
+                              "map on a catalog notification",
     "redo-apply": "redo: before each redo request is applied",
 }
 
@@ -75,6 +75,7 @@ class _Armed:
 
 
 _armed: dict[str, _Armed] = {}
+_paused: dict[str, list[threading.Event]] = {}  # hits waiting in a pause, by name
 _hits: dict[str, int] = {}
 _lock = threading.Lock()
 
@@ -91,12 +92,13 @@ def configure(name: str, action: str) -> None:
     if verb.startswith("sleep"):
         verb = "sleep"
     with _lock:
-        old = _armed.pop(name, None)
+        _armed.pop(name, None)
         if verb != "off" and (count is None or int(count) > 0):
             _armed[name] = _Armed(verb, int(ms or 0), int(count) if count else None,
                                   threading.Event() if verb == "pause" else None)
-    if old is not None and old.released is not None:
-        old.released.set()
+        paused = _paused.pop(name, [])
+    for released in paused:  # configuring a failpoint again lets its paused hits go on
+        released.set()
     log.info("failpoint %s set to %s", name, action.strip())
 
 
@@ -121,12 +123,12 @@ def active() -> dict[str, str]:
 def release_paused() -> None:
     """Let every paused failpoint go on (at shutdown: a pause must not hold the process)."""
     with _lock:
-        paused = [a for a in _armed.values() if a.released is not None]
-        for name in [n for n, a in _armed.items() if a.released is not None]:
+        for name in [n for n, a in _armed.items() if a.action == "pause"]:
             del _armed[name]
-    for a in paused:
-        assert a.released is not None
-        a.released.set()
+        paused = [e for events in _paused.values() for e in events]
+        _paused.clear()
+    for released in paused:
+        released.set()
 
 
 def hits(name: str) -> int:
@@ -143,6 +145,8 @@ def _take(name: str) -> _Armed | None:
             armed.remaining -= 1
             if armed.remaining <= 0:
                 del _armed[name]
+        if armed.released is not None:
+            _paused.setdefault(name, []).append(armed.released)
     log.warning("failpoint %s hit: %s", name, armed.action)
     if armed.action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)

@@ -23,13 +23,19 @@ request_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("reques
 
 
 class ContextFilter(logging.Filter):
+    """Appends the context's ids, except those the message already names."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         parts = []
+        message: str | None = None
         for name, var in (("tenant", tenant_var), ("timeline", timeline_var),
                           ("request", request_var)):
             value = var.get()
             if value:
-                parts.append(f"{name}={value}")
+                if message is None:
+                    message = record.getMessage()
+                if f"{name}=" not in message:
+                    parts.append(f"{name}={value}")
         record.ctx = (" " + " ".join(parts)) if parts else ""
         return True
 

@@ -169,7 +169,6 @@ class PageReadManager:
             except TimelineNotFound:
                 self._forget(r.tenant_id, r.timeline_id)
                 raise
-            await failpoints.acheck("pageread-layers-reload")
             if r.apply_layer_map(row.layers_version, rows, row.disk_consistent_lsn):
                 r.gc_cutoff_lsn = row.gc_cutoff_lsn
                 log.debug("layer map reloaded layers=%d layers_version=%d "
@@ -240,6 +239,7 @@ class PageReadManager:
                 for r in list(self.readers.values()):
                     await self._reload_quietly(r)
                 async for note in conn.notifies():
+                    await failpoints.acheck("pageread-notify-reload")
                     tenant, _, timeline = note.payload.partition("/")
                     for (t, tl), r in list(self.readers.items()):
                         if str(t) == tenant and str(tl) == timeline:

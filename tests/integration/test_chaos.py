@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import struct
 import subprocess
 import threading
@@ -30,7 +29,7 @@ from pagestore.lsn import Lsn
 from tests.fixtures.consistency import relation_kinds, replay_with_postgres
 from tests.fixtures.postgres import pg_basebackup
 from tests.fixtures.stack import StackRunner
-from tests.fixtures.standby import PageApiClient, compare_with_standby
+from tests.fixtures.standby import PageApiClient, compare_with_standby, last_checkpoint
 from tests.fixtures.util import wait_until
 from tests.integration.test_gateway import REL, V2_HDR, RawClient, v2_get_page
 from tests.integration.test_ingest_service import (
@@ -192,11 +191,7 @@ def test_chaos_kills_and_restarts_lose_nothing(stack: StackRunner, pg_factory,
     primary.psql("VACUUM")
     kinds = relation_kinds(primary)
     primary.stop()  # a clean shutdown: the shutdown checkpoint is the last record
-    control = subprocess.run([primary.bin("pg_controldata"), "-D", str(primary.datadir)],
-                             capture_output=True, text=True, check=True).stdout
-    m = re.search(r"Latest checkpoint location:\s+([0-9A-F]+/[0-9A-F]+)", control)
-    assert m, control
-    last_record = Lsn.parse(m.group(1))
+    last_record = last_checkpoint(primary)
     wait_until(lambda: Lsn.parse(status(stack, tenant, timeline)["disk_consistent_lsn"])
                > last_record, timeout=120, what="the shutdown checkpoint ingested and flushed")
     st = status(stack, tenant, timeline)

@@ -12,6 +12,13 @@ from pagestore.proto import page_service_pb2_grpc
 from pagestore.redo import masking
 from tests.fixtures.stack import StackRunner
 from tests.fixtures.util import wait_until
+from tests.integration.test_gateway import (
+    PRIMARY_SETTINGS,
+    clog_pages,
+    next_xid,
+    relation_forks,
+    wal_fork_sizes,
+)
 from tests.integration.test_ingest_service import attach, caught_up
 from tests.workloads import run_pgbench
 
@@ -21,13 +28,16 @@ def _metadata(tenant: str, timeline: str) -> tuple[tuple[str, str], ...]:
 
 
 def test_pages_sizes_and_errors(stack: StackRunner, pg_factory) -> None:
-    primary = pg_factory(settings={"wal_keep_size": "'2GB'", "autovacuum": "off"})
+    primary = pg_factory(settings=PRIMARY_SETTINGS)
     stack.init("pageread.wait_lsn_timeout='2s'", "ingest.checkpoint_timeout='1s'")
     stack.start()
+    before = relation_forks(primary)  # quiet from here to the base backup: what it copies
+    since = Lsn.parse(primary.psql("SELECT pg_current_wal_insert_lsn()"))
     tenant, timeline = attach(stack, primary)
     run_pgbench(primary, scale=1, transactions=400)
     primary.psql("CHECKPOINT")
     end = Lsn.parse(primary.psql("SELECT pg_current_wal_flush_lsn()"))
+    xid = next_xid(primary)
     wait_until(lambda: caught_up(stack, tenant, timeline, end), timeout=120, what="caught up")
     db = int(primary.psql("SELECT oid FROM pg_database WHERE datname = 'postgres'"))
     rels = {}
@@ -35,7 +45,13 @@ def test_pages_sizes_and_errors(stack: StackRunner, pg_factory) -> None:
         rels[name] = (int(primary.psql(f"SELECT pg_relation_filenode('{name}')")),
                       int(primary.psql(f"SELECT pg_relation_size('{name}')")) // 8192,
                       primary.psql(f"SELECT pg_relation_filepath('{name}')"))
+    after = relation_forks(primary)
+    # Quiet since end: no transaction ID handed out, so no relation and no clog bit changed.
+    assert next_xid(primary) == xid
     primary.stop()  # its files now hold every page as of the end of the WAL
+    # Every fork of every relation of the database as the WAL gives it (see wal_fork_sizes:
+    # not the primary's files for the FSM, which PostgreSQL does not WAL-log).
+    fork_blocks = wal_fork_sizes(primary, db, before, after, since, end)
     port = stack.status()["services"]["pageread"]["port"]
     md = _metadata(tenant, timeline)
     read_lsn = pb.ReadLsn(request_lsn=int(end))
@@ -64,13 +80,24 @@ def test_pages_sizes_and_errors(stack: StackRunner, pg_factory) -> None:
                 request_id=pb.RequestID(id=99), read_lsn=read_lsn, rel=rel,
                 block_number=[nblocks + 5])]), metadata=md, timeout=30))
             assert past.page[0].image == bytes(8192)
+            # the FSM fork: what the WAL gives, for a table not zero (wal_log_hints)
+            fsm = stub.GetRelSize(pb.GetRelSizeRequest(read_lsn=read_lsn, rel=pb.RelTag(
+                spc_oid=1663, db_oid=db, rel_number=relnode, fork_number=1)),
+                metadata=md, timeout=30)
+            assert fsm.num_blocks == fork_blocks[(relnode, 1)], name
+            assert fork_blocks[(relnode, 1)] > 0 or rmid == RmgrId.BTREE, name
+        # The clog segment: exactly the primary's pg_xact/0000 (written by its shutdown
+        # checkpoint, no transaction ID handed out since end): every page that exists at
+        # end, the last one partly used.
         clog = stub.GetSlruSegment(pb.GetSlruSegmentRequest(read_lsn=read_lsn, kind=0, segno=0),
                                    metadata=md, timeout=30).segment
         primary_clog = (primary.datadir / "pg_xact" / "0000").read_bytes()
-        assert clog == primary_clog[:len(clog)] and len(clog) >= 8192
+        assert len(primary_clog) == clog_pages(xid) * 8192
+        assert len(clog) == len(primary_clog) and clog == primary_clog
+        # DbSize: the sum over the database's relation forks (not pg_database_size).
         dbsize = stub.GetDbSize(pb.GetDbSizeRequest(read_lsn=read_lsn, db_oid=db),
                                 metadata=md, timeout=30).num_bytes
-        assert dbsize >= sum(n for _, n, _ in rels.values()) * 8192
+        assert dbsize == sum(fork_blocks.values()) * 8192
 
         # Per-request errors come back as status codes; the stream goes on.
         rel = pb.RelTag(spc_oid=1663, db_oid=db, rel_number=rels["pgbench_branches"][0])

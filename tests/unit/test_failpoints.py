@@ -69,6 +69,18 @@ def test_pause_holds_until_reconfigured() -> None:
     worker.join()
 
 
+def test_a_counted_pause_is_released_by_configuring_it_again() -> None:
+    failpoints.configure(NAME, "1*pause")
+    passed = threading.Event()
+    worker = threading.Thread(target=lambda: (failpoints.check(NAME), passed.set()))
+    worker.start()
+    assert not passed.wait(0.3)
+    assert failpoints.active() == {}  # its one hit is used: no longer armed, still paused
+    failpoints.configure(NAME, "off")
+    assert passed.wait(10)
+    worker.join()
+
+
 def test_async_pause_leaves_the_loop_running() -> None:
     async def run() -> None:
         failpoints.configure(NAME, "pause")

@@ -50,15 +50,31 @@ def test_effective_lsn_refusals() -> None:
 
 
 def test_wait_is_woken_by_progress() -> None:
-    async def run() -> Lsn:
-        r = _reader(0x1000)
-        r.wait_timeout = 5
-        waiter = asyncio.create_task(r.effective_lsn(0x2000, 0x2000))
-        await asyncio.sleep(0)
-        await r.advance(Lsn(0x2000), Lsn(0x1000))
-        return await waiter
+    async def still_pending(task: asyncio.Task[object]) -> bool:
+        # A bounded wait that lets the event loop run: the task gets every chance to
+        # finish (or to park itself on the condition) and must not.
+        done, _ = await asyncio.wait({task}, timeout=0.1)
+        return not done
 
-    assert asyncio.run(run()) == 0x2000
+    async def run() -> None:
+        r = _reader(0x1000)
+        r.wait_timeout = 60  # far longer than any wait below: only progress can end them
+        far = asyncio.create_task(r.effective_lsn(0x2000, 0x2000))
+        near = asyncio.create_task(r.wait_for(Lsn(0x1800)))
+        # Both are blocked on WAL that has not arrived, before anything advances.
+        assert await still_pending(far) and await still_pending(near)
+
+        # Progress that satisfies only the nearer waiter wakes it, not the other.
+        await r.advance(Lsn(0x1800))
+        await asyncio.wait_for(near, timeout=10)
+        assert await still_pending(far)
+
+        # Progress up to the farther LSN wakes it (both were parked on the condition
+        # at once: a single notify() instead of notify_all() would leave one asleep).
+        await r.advance(Lsn(0x2000))
+        assert await asyncio.wait_for(far, timeout=10) == 0x2000
+
+    asyncio.run(run())
 
 
 def test_recent_tail_and_drop() -> None:

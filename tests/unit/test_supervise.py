@@ -139,3 +139,28 @@ def test_lsn_waiter_timeout_leaves_nothing_behind() -> None:
         assert w.waiting == 0
 
     asyncio.run(run())
+
+
+def test_log_lines_carry_the_context_ids_once() -> None:
+    import io
+
+    from pagestore.logs import ContextFilter, OneLineFormatter, tenant_var, timeline_var
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(OneLineFormatter("test"))
+    handler.addFilter(ContextFilter())
+    logger = logging.getLogger("test.context")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        t1, t2 = tenant_var.set("t1"), timeline_var.set("tl1")
+        logger.warning("flushed layer %s", "x")
+        logger.warning("timeline loaded tenant=%s timeline=%s", "t1", "tl1")
+        tenant_var.reset(t1)
+        timeline_var.reset(t2)
+    finally:
+        logger.removeHandler(handler)
+    first, second = out.getvalue().splitlines()
+    assert first.endswith("flushed layer x tenant=t1 timeline=tl1")
+    assert second.endswith("timeline loaded tenant=t1 timeline=tl1")

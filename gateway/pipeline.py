@@ -13,7 +13,8 @@ How the pipeline works:
 - GetPage requests go over the connection's one GetPages bidi stream (request ids match
   answers).  Consecutive GetPages for the same relation fork and the same
   (request_lsn, not_modified_since) that are already buffered are coalesced into one
-  GetPageRequest of up to MAX_BATCH blocks (the group is sent when the next request
+  GetPageRequest of up to MAX_BATCH blocks, or pageread.max_blocks_per_request if that
+  is lower (the group is sent when the next request
   differs, when it is full, when the reader has to wait for the socket, or when slots is
   full).  If a coalesced call fails with an internal error other than an LSN timeout,
   its blocks are asked again one by one, so a batch never changes an answer.
@@ -109,10 +110,12 @@ def _retry_singly(err: PagestoreError) -> bool:
 
 class Pagestream:
     def __init__(self, conn: Connection, client: PageReadClient,
-                 version: ps.PagestreamVersion) -> None:
+                 version: ps.PagestreamVersion, *, max_batch: int = MAX_BATCH) -> None:
         self.conn = conn
         self.client = client
         self.version = version
+        # Never more blocks per GetPageRequest than the page-read service takes.
+        self.max_batch = max(1, min(MAX_BATCH, max_batch))
         self.stream = GetPagesStream(client)
         self._slots: asyncio.Queue[asyncio.Future[bytes]] = asyncio.Queue(MAX_IN_FLIGHT)
         self._group: list[tuple[ps.GetPageRequest, asyncio.Future[bytes]]] = []
@@ -200,7 +203,7 @@ class Pagestream:
         if isinstance(req, ps.GetPageRequest):
             if self._group:
                 head = self._group[0][0]
-                if (len(self._group) >= MAX_BATCH or head.rel != req.rel
+                if (len(self._group) >= self.max_batch or head.rel != req.rel
                         or head.hdr.request_lsn != req.hdr.request_lsn
                         or head.hdr.not_modified_since != req.hdr.not_modified_since):
                     await self._flush_group()

@@ -34,6 +34,7 @@ async def setup(ctx: ServiceContext) -> None:
     channel = grpc_channel(pageread_addr)
     connections: set[asyncio.Task[None]] = set()
     limit = ctx.config.gateway.max_connections
+    max_batch = ctx.config.pageread.max_blocks_per_request
     refused = 0
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -54,7 +55,7 @@ async def setup(ctx: ServiceContext) -> None:
         assert task is not None
         connections.add(task)
         try:
-            await serve_connection(reader, writer, channel)
+            await serve_connection(reader, writer, channel, max_batch=max_batch)
         except asyncio.CancelledError:
             # Shutdown cancels open connections; this is the top of the connection's task
             # (asyncio would log a cancelled client task as an error).

@@ -52,7 +52,7 @@ from gateway.commands import (
 )
 from gateway.connection import Connection, IdleTimeout
 from gateway.pageread import PageReadClient
-from gateway.pipeline import Outcome, Pagestream
+from gateway.pipeline import MAX_BATCH, Outcome, Pagestream
 from pagestore.errors import PagestoreError, ProtocolError
 from pagestore.logs import request_var, tenant_var, timeline_var
 from pagestore.pg import wire
@@ -95,10 +95,12 @@ async def read_startup(conn: Connection) -> wire.StartupPacket | None:
 class Session:
     """The state of one connection: its bound tenant and the extended-query state."""
 
-    def __init__(self, conn: Connection, channel: grpc.aio.Channel, conn_id: int) -> None:
+    def __init__(self, conn: Connection, channel: grpc.aio.Channel, conn_id: int, *,
+                 max_batch: int = MAX_BATCH) -> None:
         self.conn = conn
         self.channel = channel
         self.conn_id = conn_id
+        self.max_batch = max_batch
         self.tenant: TenantId | None = None
         self._statement = ""  # the query of the last Parse (extended protocol)
         self._skip_until_sync = False
@@ -204,8 +206,8 @@ class Session:
             case PagestreamCommand():
                 log.info("pagestream v%d for timeline %s", command.version.value,
                          command.timeline)
-                outcome = await Pagestream(self.conn, self._client(command),
-                                           command.version).run()
+                outcome = await Pagestream(self.conn, self._client(command), command.version,
+                                           max_batch=self.max_batch).run()
                 return outcome is Outcome.IDLE
             case BasebackupCommand():
                 client = self._client(command)
@@ -266,12 +268,12 @@ async def refuse_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
 
 
 async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                           channel: grpc.aio.Channel) -> None:
+                           channel: grpc.aio.Channel, *, max_batch: int = MAX_BATCH) -> None:
     """Serve one client until it leaves; every failure is logged here, once."""
     conn = Connection(reader, writer)
     conn_id = next(_connection_ids)
     request_var.set(f"gw-{conn_id}")
-    session = Session(conn, channel, conn_id)
+    session = Session(conn, channel, conn_id, max_batch=max_batch)
     try:
         await session.run()
     except ProtocolError as e:

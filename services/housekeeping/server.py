@@ -102,8 +102,10 @@ class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
         return self._pageread
 
     async def _live(self, info: housekeeping_pb2.TimelineInfo) -> housekeeping_pb2.TimelineInfo:
-        """Overlay the ingest service's live LSNs (the catalog has them as of the last flush)."""
-        if not info.wal_source or info.state != "active":
+        """Overlay what the ingest service knows: its live LSNs for an active timeline (the
+        catalog has them as of the last flush) and its loops (a broken timeline's receiver
+        says why it ended)."""
+        if not info.wal_source or info.state not in ("active", "broken"):
             return info
         try:
             live = await self.ingest().GetTimelineLsns(
@@ -112,8 +114,9 @@ class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
         except grpc.aio.AioRpcError as e:
             log.info("live LSNs unavailable from ingest: %s", e.details())
             return info
-        info.last_record_lsn = live.last_record_lsn
-        info.disk_consistent_lsn = live.disk_consistent_lsn
+        if info.state == "active":
+            info.last_record_lsn = live.last_record_lsn
+            info.disk_consistent_lsn = live.disk_consistent_lsn
         info.loops.extend(live.loops)
         return info
 

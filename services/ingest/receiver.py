@@ -172,14 +172,17 @@ class WalReceiver:
                 it = stream.__aiter__()
                 while True:
                     next_msg = asyncio.create_task(it.__anext__())
-                    done, _ = await asyncio.wait({next_msg, stop_task}, timeout=STATUS_INTERVAL,
-                                                 return_when=asyncio.FIRST_COMPLETED)
-                    if stop_task in done:
-                        next_msg.cancel()
-                        with contextlib.suppress(BaseException):
-                            await next_msg
-                        return
-                    if next_msg not in done:
+                    while True:
+                        done, _ = await asyncio.wait({next_msg, stop_task},
+                                                     timeout=STATUS_INTERVAL,
+                                                     return_when=asyncio.FIRST_COMPLETED)
+                        if stop_task in done:
+                            next_msg.cancel()
+                            with contextlib.suppress(BaseException):
+                                await next_msg
+                            return
+                        if next_msg in done:
+                            break
                         # No message within the interval: keep the flush position flowing
                         # while the read goes on.
                         await self._send_status(conn, force=True)

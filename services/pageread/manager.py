@@ -124,7 +124,8 @@ class PageReadManager:
                                gc_cutoff_lsn=row.gc_cutoff_lsn,
                                wait_timeout=float(cfg.wait_lsn_timeout),
                                redo=lambda chains, k=key: self._redo_chains(k, chains),  # type: ignore[misc]
-                               cache_pages=cfg.page_cache_pages)
+                               cache_pages=cfg.page_cache_pages,
+                               max_tail_bytes=cfg.max_tail_bytes)
             r.apply_layer_map(row.layers_version, rows, row.disk_consistent_lsn)
             if ancestor is not None:
                 assert row.ancestor_lsn is not None

@@ -57,6 +57,11 @@ log = logging.getLogger(__name__)
 ZERO_PAGE = bytes(BLCKSZ)
 
 
+#: A chunk of the recent tail is dropped whole: its size bounds how far past its limit the
+#: tail can stay while layer files already cover most of it.
+CHUNK_BYTES = 8 * 1024 * 1024
+
+
 class RecentTail:
     """Values above the layer files' disk_consistent_lsn, in chunks by LSN.
 
@@ -67,10 +72,10 @@ class RecentTail:
     """
 
     CHUNK_VALUES = 100_000
-    CHUNK_BYTES = 8 * 1024 * 1024
     VALUE_OVERHEAD = 64  # bytes per value beyond its payload (key, LSN, list slots)
 
-    def __init__(self) -> None:
+    def __init__(self, chunk_bytes: int = CHUNK_BYTES) -> None:
+        self.chunk_bytes = chunk_bytes
         self.chunks: list[InMemoryLayer] = []
         self.progress = LsnWaiter()
         self.bytes = 0
@@ -94,7 +99,7 @@ class RecentTail:
             if lsn <= held:
                 continue
             if (chunk is None or chunk.count >= self.CHUNK_VALUES
-                    or chunk.value_bytes >= self.CHUNK_BYTES):
+                    or chunk.value_bytes >= self.chunk_bytes):
                 chunk = InMemoryLayer(Lsn(lsn))
                 self.chunks.append(chunk)
             chunk.put_raw(kb, lsn, value)
@@ -146,11 +151,12 @@ class TimelineReader:
     def __init__(self, tenant_id: TenantId, timeline_id: TimelineId, layers: LayerMap, *,
                  min_readable_lsn: Lsn, gc_cutoff_lsn: Lsn, wait_timeout: float,
                  redo: Callable[[list[ValueChain]], Awaitable[list[bytes | Exception]]],
-                 cache_pages: int) -> None:
+                 cache_pages: int, max_tail_bytes: int | None = None) -> None:
         self.tenant_id = tenant_id
         self.timeline_id = timeline_id
         self.layers = layers
-        self.tail = RecentTail()
+        self.tail = RecentTail() if max_tail_bytes is None else RecentTail(
+            max(64 * 1024, min(CHUNK_BYTES, max_tail_bytes // 8)))
         self.layers_version = -1  # of the layer map held (apply_layer_map)
         self.layers_disk_consistent_lsn = Lsn.INVALID
         self.layers_changed = asyncio.Event()  # set by every apply_layer_map

@@ -55,8 +55,8 @@ def test_tail_bytes_follow_adds_and_drops() -> None:
 
 
 def test_chunks_are_cut_by_size() -> None:
-    tail = RecentTail()
-    big = b"\x00" * (RecentTail.CHUNK_BYTES // 2 + 1)
+    tail = RecentTail(chunk_bytes=1000)
+    big = b"\x00" * 501
     tail.add([(K, 0x100, big), (K, 0x200, big), (K, 0x300, b"\x00x")])
     assert [c.start_lsn for c in tail.chunks] == [0x100, 0x300]
     tail.drop_through(Lsn(0x200))  # the first chunk is wholly in layer files now

@@ -77,6 +77,7 @@ class WalReceiver:
         self.received_lsn = tli.last_record_lsn
         self.broken_reason: str | None = None
         self._decode_failures = 0
+        self._reload_pending = False
         self._frozen_ready = asyncio.Event()
         self._flushed = asyncio.Event()
         self._closing = False   # stop() was called: the flusher ends when it has nothing to do
@@ -122,6 +123,19 @@ class WalReceiver:
 
     # ------------------------------------------------------------------ receiving
     async def _receive(self, loop: SupervisedLoop) -> None:
+        """One run of the receiver loop: start from a consistent state, stream."""
+        if self.broken_reason is not None:  # marking it broken failed last time: again
+            await asyncio.to_thread(self._mark_broken, self.broken_reason)
+            loop.finish()
+            return
+        if self._reload_pending:
+            # The last run failed inside decoding or ingesting, perhaps half-way through a
+            # record: drop the in-memory state and reload it from disk_consistent_lsn.
+            loop.detail = "reloading"
+            await self._wait_flushed()
+            self.tli = await asyncio.to_thread(self._reload)
+            self.received_lsn = self.tli.last_record_lsn
+            self._reload_pending = False
         try:
             await self._stream_once(loop)
         except CONNECTION_ERRORS as e:
@@ -129,31 +143,22 @@ class WalReceiver:
             raise ReplicationError(f"WAL source {mask_conninfo(self.wal_source)} failed: "
                                    f"{describe(e)}") from e
         except Exception as e:
-            await self._recover(loop, e)
-            if self.broken_reason is None:
-                raise
-
-    async def _recover(self, loop: SupervisedLoop, err: Exception) -> None:
-        """After a failure inside decoding or ingesting: drop the in-memory state and
-        reload it from disk_consistent_lsn (or give up for good)."""
-        self._decode_failures += 1
-        if self._decode_failures >= MAX_DECODE_FAILURES:
-            reason = (f"ingest stopped after {self._decode_failures} failures in a row at "
-                      f"{self.tli.last_record_lsn}: {describe(err)}")
-            log.error("%s; the timeline is broken (its slot is kept: it resumes from "
-                      "disk_consistent_lsn %s once the cause is fixed)", reason,
-                      self.tli.disk_consistent_lsn)
-            self.broken_reason = reason
-            loop.detail = "broken"
-            await asyncio.to_thread(self._mark_broken, reason)
-            loop.finish()
-            return
-        loop.detail = "reloading"
-        log.warning("cannot ingest WAL: %s; reloading from disk_consistent_lsn %s",
-                    describe(err), self.tli.disk_consistent_lsn)
-        await self._wait_flushed()
-        self.tli = await asyncio.to_thread(self._reload)
-        self.received_lsn = self.tli.last_record_lsn
+            self._decode_failures += 1
+            if self._decode_failures >= MAX_DECODE_FAILURES:
+                reason = (f"ingest stopped after {self._decode_failures} failures in a row at "
+                          f"{self.tli.last_record_lsn}: {describe(e)}")
+                log.error("%s; the timeline is broken (its slot is kept: it resumes from "
+                          "disk_consistent_lsn %s once the cause is fixed)", reason,
+                          self.tli.disk_consistent_lsn)
+                self.broken_reason = reason
+                loop.detail = "broken"
+                await asyncio.to_thread(self._mark_broken, reason)
+                loop.finish()
+                return
+            self._reload_pending = True
+            log.warning("cannot ingest WAL: %s; reloading from disk_consistent_lsn %s",
+                        describe(e), self.tli.disk_consistent_lsn)
+            raise
 
     async def _stream_once(self, loop: SupervisedLoop) -> None:
         tl = self.tli

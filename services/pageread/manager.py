@@ -151,7 +151,9 @@ class PageReadManager:
     def _forget(self, tenant: TenantId, timeline: TimelineId) -> None:
         """The timeline is gone from the catalog (deleted): stop serving it."""
         key = (tenant, timeline)
-        if self.readers.pop(key, None) is not None:
+        r = self.readers.pop(key, None)
+        if r is not None:
+            r.layers.close()
             log.info("timeline no longer in the catalog: unloaded tenant=%s timeline=%s",
                      tenant, timeline)
         follower = self.followers.pop(key, None)

@@ -1,6 +1,6 @@
 """GetPage benchmark through the gateway (Neon's pagestream_v2 over libpq).
 
-    .venv/bin/python bench/getpage.py [--scale 10] [--requests 2000] [--keep]
+    .venv/bin/python bench/getpage.py [--scale 10] [--requests 2000] [--through-wal] [--keep]
 
 Runs a PostgreSQL 15 primary with pgbench tables at --scale, the stack attached to it,
 then random GetPage requests at the latest LSN for blocks of pgbench_accounts and its
@@ -8,7 +8,11 @@ primary key index: with 1 and 8 connections, unbatched (one request in flight pe
 connection) and batched (32 pipelined requests per connection).  Each connection asks for
 distinct blocks first, so the unbatched single-connection run measures a cold page
 cache.  Prints p50/p99 latency and pages/s, and the time to read the same blocks
-straight from the primary's files (the floor), beside the targets:
+straight from the primary's files (the floor), beside the targets.  By default the
+timeline is attached after the load, so every page is an image of the attach-time
+import; with --through-wal it is attached to the empty primary first and the pages
+arrive through WAL (pgbench -i, then 20 s of pgbench -c 4): deltas that need redo, the
+path users meet.  Targets:
 
     p50 <= 2 ms for one connection with a cold page cache
     >= 5,000 pages/s over 8 connections
@@ -138,6 +142,8 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--requests", type=int, default=2000, help="per measurement")
+    ap.add_argument("--through-wal", action="store_true",
+                    help="attach before loading: pages arrive through WAL and need redo")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="pagestore-bench-getpage-"))
@@ -151,17 +157,31 @@ def main() -> int:
         primary.initdb(extra_hba=["host replication all 127.0.0.1/32 trust"])
         primary.start()
         conn = ["-h", "127.0.0.1", "-p", str(primary.port), "-U", primary.user]
-        subprocess.run([primary.bin("pgbench"), "-i", "-q", "-s", str(args.scale), *conn,
-                        "postgres"], check=True, capture_output=True)
-        primary.psql("CHECKPOINT")
-        cli(workdir, "init", "-c", "catalog.port=0", *[
-            x for s in ("ingest", "pageread", "redo", "housekeeping", "gateway")
-            for x in ("-c", f"{s}.listen_addr='127.0.0.1:0'")],
-            "-c", "gateway.listen_pg_addr='127.0.0.1:0'")
-        cli(workdir, "start")
-        tenant = cli(workdir, "tenant", "create").strip()
-        timeline = cli(workdir, "timeline", "create", "--tenant", tenant, "--wal-source",
-                       f"host=127.0.0.1 port={primary.port} user={primary.user}").strip()
+
+        def load() -> None:
+            subprocess.run([primary.bin("pgbench"), "-i", "-q", "-s", str(args.scale), *conn,
+                            "postgres"], check=True, capture_output=True)
+            primary.psql("CHECKPOINT")
+
+        def attach() -> tuple[str, str]:
+            cli(workdir, "init", "-c", "catalog.port=0", *[
+                x for s in ("ingest", "pageread", "redo", "housekeeping", "gateway")
+                for x in ("-c", f"{s}.listen_addr='127.0.0.1:0'")],
+                "-c", "gateway.listen_pg_addr='127.0.0.1:0'")
+            cli(workdir, "start")
+            tenant = cli(workdir, "tenant", "create").strip()
+            return tenant, cli(workdir, "timeline", "create", "--tenant", tenant,
+                               "--wal-source",
+                               f"host=127.0.0.1 port={primary.port} user={primary.user}").strip()
+
+        if args.through_wal:
+            tenant, timeline = attach()
+            load()
+            subprocess.run([primary.bin("pgbench"), "-c", "4", "-j", "2", "-T", "20", *conn,
+                            "postgres"], check=True, capture_output=True)
+        else:
+            load()
+            tenant, timeline = attach()
         db = int(primary.psql("SELECT oid FROM pg_database WHERE datname = 'postgres'"))
         rels = []
         for name in ("pgbench_accounts", "pgbench_accounts_pkey"):
@@ -204,7 +224,9 @@ def main() -> int:
             os.close(fd)
 
         print(f"gateway 127.0.0.1:{port}; pgbench scale {args.scale}; "
-              f"{len(universe)} blocks of pgbench_accounts and its pkey")
+              f"{len(universe)} blocks of pgbench_accounts and its pkey; pages "
+              + ("arrived through WAL (deltas + redo)" if args.through_wal
+                 else "are attach-time images (no redo)"))
         print(f"floor: pread of a block from the primary's files: {floor_ms:.4f} ms")
         print(f"{'connections':>11} {'batch':>6} {'p50 ms':>8} {'p99 ms':>8} {'pages/s':>10}  target")
         for conns, batch in ((1, 1), (1, BATCH), (8, 1), (8, BATCH)):

@@ -156,8 +156,10 @@ class GrpcService:
     def __init__(self, name: str, listen_addr: str) -> None:
         self.name = name
         self.listen_addr = listen_addr
+        # No SO_REUSEPORT: a port another server holds is an error at start, never two
+        # servers answering on one port.
         self.server = grpc.aio.server(interceptors=[ErrorInterceptor()],
-                                      options=CHANNEL_OPTIONS)
+                                      options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(), self.server)

@@ -68,9 +68,18 @@ def split_addr(addr: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _with_port(addr: str) -> str:
+def _with_port(addr: str, taken: set[int]) -> str:
+    """``addr`` with port 0 replaced by a free port not in ``taken`` (which it joins):
+    each probe's port is released at once, so two probes may get the same one."""
     host, port = split_addr(addr)
-    return addr if port else f"{host}:{free_port()}"
+    while not port or port in taken:
+        if port:
+            raise StackError(f"port {port} is configured for two services")
+        port = free_port()
+        if port in taken:
+            port = 0
+    taken.add(port)
+    return f"{host}:{port}"
 
 
 class Stack:
@@ -123,14 +132,16 @@ class Stack:
         except (OSError, ValueError, KeyError):
             return None
 
-    def ensure_private_catalog(self, cfg: Config) -> tuple[PgCluster, bool]:
-        """Start (initdb first if new) the private catalog; returns (cluster, created)."""
+    def ensure_private_catalog(self, cfg: Config,
+                               taken: set[int] | None = None) -> tuple[PgCluster, bool]:
+        """Start (initdb first if new) the private catalog; returns (cluster, created).
+        A port chosen for it avoids ``taken`` (the services' ports)."""
         cluster = self.private_catalog(cfg)
         if cluster.is_running():
             cluster.port = self._recorded_catalog_port() or cluster.port
             return cluster, False
         created = False
-        port = cfg.catalog.port or free_port()
+        port = cfg.catalog.port or split_addr(_with_port("127.0.0.1:0", set(taken or ())))[1]
         if not cluster.initialized:
             self.catalog_dir.mkdir(parents=True, exist_ok=True)
             password = secrets.token_urlsafe(24)
@@ -254,15 +265,22 @@ class Stack:
             cfg = load_config(self.resolved_config_path)
         else:
             cfg = self.user_config()
-            # Resolve "port 0" addresses to concrete free ports once, for every service.
+            # Resolve "port 0" addresses to concrete free ports once, for every service,
+            # every port distinct (explicit ones first, so a probe never picks them).
+            taken: set[int] = set()
+            addrs = [(name, key) for name in SERVICES
+                     for key in ("listen_addr", *(["listen_pg_addr"] if name == "gateway"
+                                                 else []))]
+            explicit = [(n, k) for n, k in addrs if split_addr(getattr(getattr(cfg, n), k))[1]]
+            resolved: dict[tuple[str, str], str] = {}
+            for name, key in [*explicit, *[a for a in addrs if a not in explicit]]:
+                resolved[(name, key)] = _with_port(getattr(getattr(cfg, name), key), taken)
             for name in SERVICES:
                 section = getattr(cfg, name)
-                changes = {"listen_addr": _with_port(section.listen_addr)}
-                if name == "gateway":
-                    changes["listen_pg_addr"] = _with_port(section.listen_pg_addr)
+                changes = {k: v for (n, k), v in resolved.items() if n == name}
                 cfg = replace(cfg, **{name: replace(section, **changes)})
             if not cfg.catalog.url:
-                self.ensure_private_catalog(cfg)
+                self.ensure_private_catalog(cfg, taken)
                 started_catalog = True
                 cfg = replace(cfg, catalog=replace(cfg.catalog, url=self.catalog_url(cfg),
                                                    port=self._recorded_catalog_port() or 0))

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pagestore.errors import PagestoreError
-from pagestore.logs import tenant_var, timeline_var
+from pagestore.logs import request_var, tenant_var, timeline_var
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -153,6 +153,7 @@ class SupervisedLoop:
 
     # ------------------------------------------------------------------ the loop
     async def _run(self) -> None:
+        request_var.set(None)  # the task inherited the context of whoever started it
         if self.tenant is not None:
             tenant_var.set(str(self.tenant))
         if self.timeline is not None:

@@ -107,7 +107,8 @@ class Timeline(Base):
     wal_source: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
     # Why the timeline is in its state (broken: the error), for the operator.
     state_reason: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
-    # Bumped by every transaction that changes the timeline's layers (repo.add_layer).
+    # The layer map's version: bumped by every transaction that changes the timeline's
+    # layers or moves its disk_consistent_lsn (repo.add_layer, repo.commit_flush).
     layers_version: Mapped[int] = mapped_column(sa.BigInteger, nullable=False,
                                                 server_default=sa.text("0"))
     # The first LSN a read may ask for (the end of the imported base backup).

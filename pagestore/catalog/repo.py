@@ -229,6 +229,10 @@ def commit_flush(session: Session, tenant_id: TenantId, timeline_id: TimelineId,
             "refusing to leave a gap or go backwards")
     if layer is not None:
         add_layer(session, tenant_id, timeline_id, layer)
+    else:
+        # No file (no record of the range made a value), but the map still moves on: a
+        # reader must learn the new disk_consistent_lsn, which its subscription needs.
+        _bump_layers_version(session, tenant_id, timeline_id)
     update_timeline(session, tenant_id, timeline_id, disk_consistent_lsn=disk_consistent_lsn,
                     last_record_lsn=disk_consistent_lsn, prev_record_lsn=prev_record_lsn)
     return True

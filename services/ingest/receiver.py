@@ -221,13 +221,21 @@ class WalReceiver:
         decoder.feed(msg.data)
         self.received_lsn = decoder.buffered_end
         batch: list[tuple[Key, Lsn, bytes]] = []
-        while (rec := decoder.poll()) is not None:
-            batch.extend(tl.ingest(rec))
-            if tl.should_freeze():
-                self._freeze()
+        try:
+            while (rec := decoder.poll()) is not None:
+                batch.extend(tl.ingest(rec))
+                if tl.should_freeze():
+                    self._freeze()
+        except BaseException:
+            # A record may be half ingested: the next run reloads from disk.  The records
+            # before it are whole: subscribers get them below, so that no progress
+            # reported later claims values they never received.
+            self._reload_pending = True
+            raise
+        finally:
+            if batch:
+                self._on_values(batch)
         self._decode_failures = 0
-        if batch:
-            self._on_values(batch)
         self._on_progress()
 
     async def _send_status(self, conn: ReplicationConnection, force: bool = False) -> None:

@@ -98,8 +98,12 @@ class RecentTail:
         for kb, lsn, value in values:
             if lsn <= held:
                 continue
-            if (chunk is None or chunk.count >= self.CHUNK_VALUES
-                    or chunk.value_bytes >= self.chunk_bytes):
+            # A chunk is cut between LSNs, never between two values of one record: a
+            # read takes a chunk's versions from its start LSN up, the older chunks'
+            # below it (LayerMap.get), so a record split across two would lose a value.
+            if chunk is None or ((chunk.count >= self.CHUNK_VALUES
+                                  or chunk.value_bytes >= self.chunk_bytes)
+                                 and lsn > chunk.max_lsn):
                 chunk = InMemoryLayer(Lsn(lsn))
                 self.chunks.append(chunk)
             chunk.put_raw(kb, lsn, value)
@@ -317,6 +321,11 @@ class TimelineReader:
             results = await self._redo([c for _, c in todo])
             for (i, chain), result in zip(todo, results, strict=True):
                 if isinstance(result, Exception):
+                    lsns = [str(lsn_) for lsn_, _ in chain.records]
+                    log.warning("redo of key %s at %s failed: %s (base image at %s, %d records: "
+                                "%s)", chain.key, lsn, result, chain.image_lsn, len(lsns),
+                                ", ".join(lsns if len(lsns) <= 12 else [*lsns[:4], "...",
+                                                                       *lsns[-8:]]))
                     raise result
                 out[i] = result
                 self.cache.put(chain.key, lsn, result)

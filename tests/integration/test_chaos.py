@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pagestore.lsn import Lsn
-from tests.fixtures.consistency import relation_kinds, replay_with_postgres
+from tests.fixtures.consistency import relation_kinds
 from tests.fixtures.postgres import pg_basebackup
 from tests.fixtures.stack import StackRunner
-from tests.fixtures.standby import PageApiClient, compare_with_standby, last_checkpoint
+from tests.fixtures.standby import stop_primary_and_compare
 from tests.fixtures.util import wait_until
 from tests.integration.test_gateway import REL, V2_HDR, RawClient, v2_get_page
 from tests.integration.test_ingest_service import (
@@ -190,22 +190,8 @@ def test_chaos_kills_and_restarts_lose_nothing(stack: StackRunner, pg_factory,
 
     primary.psql("VACUUM")
     kinds = relation_kinds(primary)
-    primary.stop()  # a clean shutdown: the shutdown checkpoint is the last record
-    last_record = last_checkpoint(primary)
-    wait_until(lambda: Lsn.parse(status(stack, tenant, timeline)["disk_consistent_lsn"])
-               > last_record, timeout=120, what="the shutdown checkpoint ingested and flushed")
-    st = status(stack, tenant, timeline)
-    final = Lsn.parse(st["last_record_lsn"])
-    assert Lsn.parse(st["disk_consistent_lsn"]) == final
-
-    print(f"final ingest done at {time.monotonic() - t0:.1f}s")
-    datadir = replay_with_postgres(primary, standby_base, work_dir / "standby", last_record)
-    port = stack.status()["services"]["pageread"]["port"]
-    client = PageApiClient(port, tenant, timeline)
-    try:
-        result = compare_with_standby(client, final, datadir, kinds)
-    finally:
-        client.close()
+    result = stop_primary_and_compare(stack, primary, tenant, timeline, standby_base,
+                                      work_dir, kinds)
     print(f"compared {result.relations} relations: {dict(result.compared)} at "
           f"{time.monotonic() - t0:.1f}s")
     assert not result.mismatches, "\n".join(result.mismatches)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from pagestore.layers.names import LayerKind, parse_layer_name
 from pagestore.lsn import Lsn
-from tests.fixtures.consistency import relation_kinds, replay_with_postgres
+from tests.fixtures.consistency import relation_kinds
 from tests.fixtures.postgres import pg_basebackup
 from tests.fixtures.stack import StackRunner
-from tests.fixtures.standby import PageApiClient, compare_with_standby, last_checkpoint
+from tests.fixtures.standby import stop_primary_and_compare
 from tests.fixtures.util import wait_until
 from tests.integration.test_ingest_service import (
     attach,
@@ -147,20 +147,8 @@ def test_ingest_faults_lose_nothing(stack: StackRunner, pg_factory, work_dir: Pa
     # Nothing lost, nothing twice: the stored values are exactly those of a straight
     # decode of the primary's WAL, and every page equals PostgreSQL's own replay.
     kinds = relation_kinds(primary)
-    primary.stop()
-    last_record = last_checkpoint(primary)
-    wait_until(lambda: Lsn.parse(status(stack, tenant, timeline)["last_record_lsn"])
-               > last_record, timeout=60, what="the shutdown checkpoint received")
-    wait_until(lambda: Lsn.parse(status(stack, tenant, timeline)["disk_consistent_lsn"])
-               >= Lsn.parse(status(stack, tenant, timeline)["last_record_lsn"]),
-               timeout=60, what="the last WAL flushed")
-    final = Lsn.parse(status(stack, tenant, timeline)["last_record_lsn"])
+    result = stop_primary_and_compare(stack, primary, tenant, timeline, standby_base,
+                                      work_dir, kinds)
     compare_with_reference(primary, tl_dir, image_layer_lsn(tl_dir))
-    datadir = replay_with_postgres(primary, standby_base, work_dir / "standby", last_record)
-    client = PageApiClient(stack.status()["services"]["pageread"]["port"], tenant, timeline)
-    try:
-        result = compare_with_standby(client, final, datadir, kinds)
-    finally:
-        client.close()
     assert not result.mismatches, "\n".join(result.mismatches)
     assert result.compared["main"] > 100

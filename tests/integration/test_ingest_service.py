@@ -19,10 +19,10 @@ from pagestore.lsn import Lsn
 from pagestore.pg.walfiles import find_segments, read_wal_records
 from services.ingest.timeline import load_state
 from services.ingest.walingest import WalIngest
-from tests.fixtures.consistency import relation_kinds, replay_with_postgres
+from tests.fixtures.consistency import relation_kinds
 from tests.fixtures.postgres import pg_basebackup
 from tests.fixtures.stack import StackRunner
-from tests.fixtures.standby import PageApiClient, compare_with_standby, last_checkpoint
+from tests.fixtures.standby import stop_primary_and_compare
 from tests.fixtures.util import wait_until
 
 
@@ -153,17 +153,8 @@ def test_attach_stream_kill_and_resume(stack: StackRunner, pg_factory, work_dir:
     # After the kill, every page served equals PostgreSQL's own replay of the same WAL
     # (a standby from the same images, replayed to the primary's last record).
     kinds = relation_kinds(primary)
-    primary.stop()
-    last_record = last_checkpoint(primary)
-    wait_until(lambda: Lsn.parse(status(stack, tenant, timeline)["disk_consistent_lsn"])
-               > last_record, timeout=60, what="the shutdown checkpoint flushed")
-    final = Lsn.parse(status(stack, tenant, timeline)["last_record_lsn"])
-    datadir = replay_with_postgres(primary, standby_base, work_dir / "standby", last_record)
-    client = PageApiClient(stack.status()["services"]["pageread"]["port"], tenant, timeline)
-    try:
-        result = compare_with_standby(client, final, datadir, kinds)
-    finally:
-        client.close()
+    result = stop_primary_and_compare(stack, primary, tenant, timeline, standby_base,
+                                      work_dir, kinds)
     assert not result.mismatches, "\n".join(result.mismatches)
     assert result.compared["main"] > 1000
     stack.run("stop")

@@ -96,9 +96,32 @@ def test_read_path_faults_serve_no_stale_page(stack: StackRunner, pg_factory) ->
     stack.run("start")
     marker, lsn = m.update()
     assert marker in m.page(lsn)
-    follower = loop_status(stack, tenant, timeline, "pageread", "tail-follower")
-    assert follower["state"] == "running"
+    wait_until(lambda: loop_status(stack, tenant, timeline, "pageread", "tail-follower")
+               ["detail"] == "following", timeout=60, what="the follower following again")
     assert "ValueError" not in (stack.workdir / "logs" / "pageread.log").read_text()
+
+    # A flush of WAL that changed no page writes no layer file, yet moves
+    # disk_consistent_lsn: the layer map's version moves with it, or a follower that must
+    # resubscribe afterwards would ask ingest for WAL below its disk_consistent_lsn
+    # forever.  The listener and ingest's flushes are held, so only that resubscription
+    # can bring the next marker.
+    tl_dir = stack.workdir / "tenants" / tenant / "timelines" / timeline
+    wait_until(lambda: Lsn.parse(status(stack, tenant, timeline)["disk_consistent_lsn"])
+               >= lsn, timeout=60, what="the last marker flushed")
+    files = sorted(p.name for p in tl_dir.iterdir())
+    message = Lsn.parse(primary.psql(
+        "SELECT pg_logical_emit_message(false, 'pagestore', 'no page changes here')"))
+    wait_until(lambda: Lsn.parse(status(stack, tenant, timeline)["disk_consistent_lsn"])
+               >= message, timeout=60, what="a flush without values")
+    assert sorted(p.name for p in tl_dir.iterdir()) == files  # no layer file for it
+    failpoint(stack, "pageread", "pageread-notify-reload", "pause")
+    stack.kill("ingest")
+    stack.run("start")
+    failpoint(stack, "ingest", "ingest-flush-start", "pause")
+    marker, lsn = m.update()
+    assert marker in m.page(lsn)  # only the resubscription can have brought it
+    failpoint(stack, "ingest", "ingest-flush-start", "off")
+    failpoint(stack, "pageread", "pageread-notify-reload", "off")
 
     # Redo fails for one request: that request gets an error, the next one the page.
     failpoint(stack, "redo", "redo-apply", "1*return")

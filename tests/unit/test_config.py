@@ -87,3 +87,19 @@ def test_duration(value: object, seconds: float) -> None:
 def test_unparseable_override() -> None:
     with pytest.raises(ConfigError, match="cannot parse -c"):
         config_from_data({}, ["just words"])
+
+
+def test_resolved_ports_are_distinct(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Port 0 becomes a free port; a probe that returns a port already given to another
+    service (the kernel may hand a released port out again) is probed again."""
+    from pagestore import stack
+
+    probes = iter([5001, 5001, 5002, 5001, 5003])
+    monkeypatch.setattr(stack, "free_port", lambda: next(probes))
+    taken: set[int] = {5000}
+    assert stack._with_port("127.0.0.1:0", taken) == "127.0.0.1:5001"
+    assert stack._with_port("127.0.0.1:0", taken) == "127.0.0.1:5002"
+    assert stack._with_port("127.0.0.1:0", taken) == "127.0.0.1:5003"
+    assert stack._with_port("127.0.0.1:6000", taken) == "127.0.0.1:6000"
+    with pytest.raises(stack.StackError, match="port 6000 is configured for two services"):
+        stack._with_port("127.0.0.1:6000", taken)

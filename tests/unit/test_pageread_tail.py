@@ -63,6 +63,16 @@ def test_chunks_are_cut_by_size() -> None:
     assert [c.start_lsn for c in tail.chunks] == [0x300]
 
 
+def test_a_record_is_never_split_across_chunks() -> None:
+    # Two values of one record (one LSN): a full chunk still takes the second, so a read
+    # that takes the newer chunk's versions from its start LSN up loses neither.
+    k2 = rel_block_key(RelTag(1663, 5, 16384), 1).to_bytes()
+    tail = RecentTail(chunk_bytes=100)
+    tail.add([(K, 0x100, b"\x00" * 200), (k2, 0x100, b"\x00" * 200), (K, 0x200, b"\x00x")])
+    assert [(c.start_lsn, c.max_lsn) for c in tail.chunks] == [(0x100, 0x100), (0x200, 0x200)]
+    assert k2 in tail.chunks[0].entries
+
+
 def _layer(name: str, lsn_start: int, lsn_end: int) -> LayerRecord:
     return LayerRecord("delta", 0, b"\x00" * 18, b"\xff" * 18, Lsn(lsn_start), Lsn(lsn_end),
                        name, 1, 0)

@@ -6,7 +6,7 @@ Create Date: 2026-11-29
 
 ``state_reason`` says why a timeline is in its state (a broken timeline: the error that
 broke it).  ``layers_version`` is bumped in every transaction that changes the
-timeline's layers; a page reader applies a reloaded layer map only if its version is
+timeline's layers or its disk_consistent_lsn; a page reader applies a reloaded layer map only if its version is
 newer than the one it holds, so an older reload can never replace a newer one.
 """
 

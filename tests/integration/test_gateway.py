@@ -460,7 +460,7 @@ def test_unknown_timeline_refusals_and_binding(stack: StackRunner) -> None:
     c = RawClient(port, timeout=30)
     try:
         c.start_pagestream(2, tenant, unknown_tl)
-        t0 = time.monotonic()
+        # (A hang fails on the client's 30 s socket timeout, not on a timing assertion.)
         # GetPage: a pagestream Error "Not found", and the stream goes on ...
         resp = c.pipelined([v2_get_page(0x1000000, 0x1000000, (1663, 5, 1259, 0), 0)])[0]
         assert v2_error(resp).startswith("Not found: ")
@@ -471,7 +471,6 @@ def test_unknown_timeline_refusals_and_binding(stack: StackRunner) -> None:
         assert exc.value.fields["C"] == "42704"  # undefined_object (NotFound)
         assert unknown_tl in exc.value.fields["M"]
         assert c.read()[0] == b"Z"
-        assert time.monotonic() - t0 < 10
         # The connection is idle again, and bound to its first tenant.
         with pytest.raises(PgError) as exc:
             c.query(f"basebackup {'cd' * 16} {unknown_tl}")
@@ -603,14 +602,12 @@ def test_pageread_down_means_reconnect(stack: StackRunner) -> None:
         os.kill(stack.status()["services"]["pageread"]["pid"], signal.SIGKILL)
         wait_until(lambda: stack.status()["services"]["pageread"]["health"] == "DOWN",
                    timeout=30, what="pageread down")
-        t0 = time.monotonic()
         c.copy_data(request)
         with pytest.raises(PgError) as exc:
             c.response()
         assert exc.value.fields["C"] == "08006", exc.value.fields
         with pytest.raises(ConnectionError):
             c.read()  # closed
-        assert time.monotonic() - t0 < 20
         with pytest.raises(PgError) as exc:
             idle.query(f"basebackup {tenant} {timeline}")
         assert exc.value.fields["C"] == "08006"

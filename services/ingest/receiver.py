@@ -247,6 +247,8 @@ class WalReceiver:
 
     # ------------------------------------------------------------------ flushing
     def _freeze(self) -> None:
+        if self._reload_pending:
+            return  # the open layer may hold half a record: the reload discards it
         if self.tli.freeze() is not None:
             self._frozen_ready.set()
 

@@ -54,15 +54,14 @@ def cli(workdir: Path, *args: str, timeout: float = 600) -> str:
 
 def standalone(tl_dir: Path, wal_dir: Path, start: Lsn, end: Lsn, out_dir: Path) -> tuple[float, int, int]:
     """Decode + ingest + write L0 layers for WAL [start, end); (seconds, records, bytes)."""
-    from pagestore.catalog.repo import LayerRecord
     from pagestore.layers.image import ImageLayerReader
+    from pagestore.timeline import TimelineView
 
     image = next(p for p in tl_dir.iterdir() if "__" in p.name and "-" not in p.name.split("__")[1])
     with ImageLayerReader(image) as r:
-        rec = LayerRecord("image", 0, r.key_start.to_bytes(), r.key_end.to_bytes(), r.lsn_start,
-                          r.lsn_end, image.name, r.file_size, 0)
+        rec = r.desc()
     base = Lsn(int(image.name.split("__")[1], 16))
-    state = load_state(LayerMap(tl_dir, [rec]), base)
+    state = load_state(TimelineView(LayerMap(tl_dir, [rec])), base)
     ingest = WalIngest(state, read_page=lambda key, lsn: values.image(b""))
     segments = find_segments([wal_dir])
     # Bring the state up to `start` without timing it.

@@ -64,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant-id", help="32 hex chars (default: generated)")
     p = tcmds.add_parser("list", parents=[common], help="list tenants")
     p.add_argument("--json", action="store_true")
+    p = tcmds.add_parser("config", parents=[common],
+                         help="show a tenant's settings, or change them: KEY=VALUE ...")
+    p.add_argument("--tenant", required=True, help="tenant id")
+    p.add_argument("settings", nargs="*", metavar="KEY=VALUE",
+                   help="e.g. pitr_interval='1h' gc_horizon=0 (docs/housekeeping.md)")
+    p.add_argument("--reset", action="append", default=[], metavar="KEY",
+                   help="back to the server-wide default (repeatable)")
+    p.add_argument("--json", action="store_true")
 
     timeline = cmds.add_parser("timeline", parents=[common], help="timelines")
     lcmds = timeline.add_subparsers(dest="timeline_command", required=True, metavar="ACTION")
@@ -82,6 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = lcmds.add_parser("status", parents=[common],
                          help="LSNs, WAL source, state, background loops, replication slot")
+    p.add_argument("--tenant", required=True, help="tenant id")
+    p.add_argument("--timeline", required=True, help="timeline id")
+    p.add_argument("--json", action="store_true")
+    p = lcmds.add_parser("compact", parents=[common],
+                         help="compact L0 layers and create image layers now; waits for it")
+    p.add_argument("--tenant", required=True, help="tenant id")
+    p.add_argument("--timeline", required=True, help="timeline id")
+    p.add_argument("--force-l0", action="store_true",
+                   help="compact the L0 layers even below compaction_threshold")
+    p.add_argument("--force-images", action="store_true",
+                   help="an image layer for every key partition with a delta above its image")
+    p.add_argument("--json", action="store_true")
+    p = lcmds.add_parser("gc", parents=[common],
+                         help="garbage-collect layers below the GC cutoff now; waits for it")
     p.add_argument("--tenant", required=True, help="tenant id")
     p.add_argument("--timeline", required=True, help="timeline id")
     p.add_argument("--json", action="store_true")
@@ -177,6 +199,8 @@ def _timeline_json(t: Any) -> dict[str, Any]:
         "min_readable_lsn": str(Lsn(t.min_readable_lsn)),
         "pg_version": t.pg_version, "state": t.state, "wal_source": t.wal_source or None,
         "state_reason": t.state_reason or None,
+        "gc_cutoff_lsn": str(Lsn(t.gc_cutoff_lsn)),
+        "pitr_cutoff_lsn": str(Lsn(t.pitr_cutoff_lsn)),
     }
 
 
@@ -190,6 +214,7 @@ def _status_json(t: Any) -> dict[str, Any]:
     out["slot"] = {"name": t.slot.name or None, "status": t.slot.status,
                    "restart_lsn": str(Lsn(t.slot.restart_lsn)) if t.slot.restart_lsn else None,
                    "note": t.slot.note}
+    out["layers"] = {st.kind: {"count": st.count, "bytes": st.bytes} for st in t.layers}
     return out
 
 
@@ -244,6 +269,28 @@ def cmd_tenant(args: argparse.Namespace) -> int:
         info = _call(stack, "CreateTenant", housekeeping_pb2.CreateTenantRequest(tenant_id=tid))
         print(info.tenant_id)
         return 0
+    if args.tenant_command == "config":
+        tid = _parse_id(TenantId, args.tenant, "--tenant")
+        if args.settings or args.reset:
+            sets = {}
+            for arg in args.settings:
+                key, sep, value = arg.partition("=")
+                if not sep:
+                    raise BadRequest(f"cannot parse {arg!r}: expected KEY=VALUE")
+                sets[key.strip()] = value.strip()
+            resp = _call(stack, "SetTenantConfig", housekeeping_pb2.SetTenantConfigRequest(
+                tenant_id=tid, set=sets, reset=args.reset))
+        else:
+            resp = _call(stack, "GetTenantConfig",
+                         housekeeping_pb2.GetTenantConfigRequest(tenant_id=tid))
+        if args.json:
+            print(json.dumps({"effective": dict(resp.effective),
+                              "overrides": dict(resp.overrides)}, indent=2))
+        else:
+            for key in sorted(resp.effective):
+                mark = "  (tenant)" if key in resp.overrides else ""
+                print(f"{key:<26} {resp.effective[key]}{mark}")
+        return 0
     resp = _call(stack, "ListTenants", housekeeping_pb2.ListTenantsRequest())
     if args.json:
         print(json.dumps([{"tenant_id": t.tenant_id, "state": t.state,
@@ -281,8 +328,11 @@ def cmd_timeline(args: argparse.Namespace) -> int:
             print(json.dumps(status, indent=2))
             return 0
         for k in ("timeline_id", "state", "state_reason", "wal_source", "last_record_lsn",
-                  "disk_consistent_lsn", "min_readable_lsn", "remote_consistent_lsn"):
+                  "disk_consistent_lsn", "min_readable_lsn", "remote_consistent_lsn",
+                  "gc_cutoff_lsn", "pitr_cutoff_lsn"):
             print(f"{k:<22} {status[k] if status[k] is not None else '-'}")
+        print(f"{'layers':<22} " + ", ".join(f"{kind} {v['count']} ({v['bytes']} bytes)"
+                                             for kind, v in status["layers"].items()))
         slot = status["slot"]
         print(f"{'slot':<22} {slot['name'] or '-'} {slot['status']}"
               + (f" restart_lsn={slot['restart_lsn']}" if slot["restart_lsn"] else "")
@@ -294,6 +344,35 @@ def cmd_timeline(args: argparse.Namespace) -> int:
             if lp["last_error"]:
                 line += f" (restarts {lp['restarts']}, last error: {lp['last_error']})"
             print(line)
+        return 0
+    if args.timeline_command == "compact":
+        tlid = _parse_id(TimelineId, args.timeline, "--timeline")
+        r = _call(stack, "CompactTimeline", housekeeping_pb2.CompactTimelineRequest(
+            tenant_id=tenant, timeline_id=tlid, force_l0_compaction=args.force_l0,
+            force_image_layer_creation=args.force_images), timeout=None)
+        report = {"l0_compacted": r.l0_compacted, "l1_created": r.l1_created,
+                  "images_created": r.images_created,
+                  "image_lsn": str(Lsn(r.image_lsn)) if r.image_lsn else None,
+                  "bytes_written": r.bytes_written, "elapsed_s": round(r.elapsed_seconds, 3)}
+        print(json.dumps(report, indent=2) if args.json else
+              " ".join(f"{k}={v}" for k, v in report.items()))
+        return 0
+    if args.timeline_command == "gc":
+        from pagestore.proto import common_pb2
+
+        tlid = _parse_id(TimelineId, args.timeline, "--timeline")
+        g = _call(stack, "GcTimeline", common_pb2.TimelineRef(tenant_id=tenant,
+                                                              timeline_id=tlid), timeout=None)
+        report = {"gc_cutoff_lsn": str(Lsn(g.gc_cutoff_lsn)),
+                  "pitr_cutoff_lsn": str(Lsn(g.pitr_cutoff_lsn)),
+                  "layers_total": g.layers_total,
+                  "layers_needed_by_cutoff": g.layers_needed_by_cutoff,
+                  "layers_needed_by_branches": g.layers_needed_by_branches,
+                  "layers_needed_by_leases": g.layers_needed_by_leases,
+                  "layers_removed": g.layers_removed, "bytes_removed": g.bytes_removed,
+                  "elapsed_s": round(g.elapsed_seconds, 3)}
+        print(json.dumps(report, indent=2) if args.json else
+              " ".join(f"{k}={v}" for k, v in report.items()))
         return 0
     if args.timeline_command == "delete":
         tlid = _parse_id(TimelineId, args.timeline, "--timeline")

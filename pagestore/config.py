@@ -43,6 +43,7 @@ class Duration(float):
 
     _UNITS: typing.ClassVar[dict[str, float]] = {
         "ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0,
+        "d": 86400.0,
     }
     _RE: typing.ClassVar[re.Pattern[str]] = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
 
@@ -61,6 +62,9 @@ class Duration(float):
         raise ValueError(f"expected a duration such as '10s', '500ms' or '5m', got {value!r}")
 
     def to_toml(self) -> str:
+        for unit, seconds in (("d", 86400), ("h", 3600), ("m", 60)):
+            if self >= seconds and float(self / seconds).is_integer():
+                return f"'{int(self / seconds)}{unit}'"
         if self >= 1 and float(self).is_integer():
             return f"'{int(self)}s'"
         return f"'{round(float(self) * 1000)}ms'"
@@ -133,6 +137,30 @@ class GatewayConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TenantConfig:
+    """Per-tenant settings (Neon's TenantConfig names and defaults): these are the
+    server-wide defaults; `pagestore tenant config` overrides them for one tenant."""
+
+    compaction_period: Duration = field(default=Duration(20), metadata=_doc(
+        "How often housekeeping looks for compaction and image layer work (0: never)."))
+    compaction_threshold: int = field(default=10, metadata=_doc(
+        "L0 delta layers that trigger a compaction into L1 layers."))
+    compaction_target_size: int = field(default=128 * 1024 * 1024, metadata=_doc(
+        "Bytes of values per L1 delta layer, and of pages per image layer partition."))
+    image_creation_threshold: int = field(default=3, metadata=_doc(
+        "Delta layers above a key partition's newest image that make it get a new one."))
+    gc_period: Duration = field(default=Duration(3600), metadata=_doc(
+        "How often housekeeping runs garbage collection (0: never)."))
+    gc_horizon: int = field(default=64 * 1024 * 1024, metadata=_doc(
+        "Bytes of WAL history below the last record that GC always keeps."))
+    pitr_interval: Duration = field(default=Duration(7 * 86400), metadata=_doc(
+        "History GC keeps by time: reads back to now - pitr_interval keep working.\n"
+        "The GC cutoff is the lower of this and gc_horizon (0: gc_horizon alone)."))
+    lsn_lease_length: Duration = field(default=Duration(600), metadata=_doc(
+        "How long an LSN lease (`lease lsn`, LeaseLsn) holds GC back at its LSN."))
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = field(default="info", metadata=_doc(
         "Log level of every service: debug, info, warning or error."))
@@ -177,6 +205,7 @@ class Config:
     redo: RedoConfig = field(default_factory=RedoConfig)
     housekeeping: HousekeepingConfig = field(default_factory=HousekeepingConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    tenant: TenantConfig = field(default_factory=TenantConfig)
     log: LogConfig = field(default_factory=LogConfig)
     pg_bin_dir: str = field(default="", metadata=_doc(
         "Directory of the PostgreSQL 15 binaries (initdb, postgres, pg_ctl).\n"
@@ -264,6 +293,35 @@ def _build_remote(value: object, key: str) -> RemoteStorageConfig:
     if rs.kind == "azure" and not rs.storage_account:
         raise ConfigError(f"config key '{key}.storage_account' is required with container_name")
     return rs
+
+
+def tenant_settings(defaults: TenantConfig, overrides: Mapping[str, Any]) -> TenantConfig:
+    """A tenant's effective settings: the server-wide defaults with its overrides (as the
+    catalog stores them), validated."""
+    cfg: TenantConfig = _build(TenantConfig, {
+        **{f.name: getattr(defaults, f.name) for f in dataclasses.fields(TenantConfig)},
+        **overrides}, "tenant.")
+    return cfg
+
+
+def parse_tenant_setting(arg: str) -> tuple[str, object]:
+    """``KEY=VALUE`` of `pagestore tenant config`: the key checked, the value parsed as a
+    TOML value (or taken as a string) and validated; ConfigError names a bad key."""
+    key, sep, text = arg.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"cannot parse {arg!r}: expected KEY=VALUE, e.g. pitr_interval='1h'")
+    names = {f.name for f in dataclasses.fields(TenantConfig)}
+    if key not in names:
+        raise ConfigError(f"unknown tenant setting '{key}' (known: {', '.join(sorted(names))})")
+    try:
+        value: object = tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()
+    _convert(f"tenant.{key}", typing.get_type_hints(TenantConfig)[key], value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return key, value
 
 
 def parse_override(arg: str) -> dict[str, Any]:

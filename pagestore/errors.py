@@ -92,6 +92,14 @@ class TimelineNotFound(NotFound):
     pass
 
 
+class LayerFileMissing(NotFound):
+    """A layer in the map held has no file any more: compaction or GC swapped it out
+    after the map was read.  The reader reloads the map and retries (TimelineView)."""
+
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+    sqlstate = "58030"  # io_error
+
+
 class AlreadyExists(PagestoreError):
     grpc_code = grpc.StatusCode.ALREADY_EXISTS
     sqlstate = "42710"  # duplicate_object

@@ -57,6 +57,14 @@ FAILPOINTS: dict[str, str] = {
     "pageread-notify-reload": "pageread: in the layer listener, before it reloads a layer "
                               "map on a catalog notification",
     "redo-apply": "redo: before each redo request is applied",
+    "housekeeping-compact-partition": "housekeeping: between the L1 files of a compaction",
+    "housekeeping-image-partition": "housekeeping: before each image layer is written",
+    "housekeeping-before-swap": "housekeeping: after a job's files are written, before the "
+                                "catalog swap",
+    "housekeeping-after-swap": "housekeeping: after the catalog swap, before the replaced "
+                               "files are unlinked",
+    "housekeeping-gc-before-commit": "housekeeping: in GC, before the cutoff and removals "
+                                     "are committed",
 }
 
 _ACTION = re.compile(r"(?:(\d+)\*)?(off|return|kill|pause|sleep\((\d+)\))")

@@ -118,6 +118,8 @@ class Timeline(Base):
     disk_consistent_lsn: Mapped[Lsn] = _lsn_column()
     remote_consistent_lsn: Mapped[Lsn] = _lsn_column()
     gc_cutoff_lsn: Mapped[Lsn] = _lsn_column()
+    # Where the PITR window began at the last GC (what pitr_interval alone would keep).
+    pitr_cutoff_lsn: Mapped[Lsn] = _lsn_column()
     created_at: Mapped[datetime.datetime] = mapped_column(
         sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now())
     updated_at: Mapped[datetime.datetime] = mapped_column(
@@ -185,4 +187,25 @@ class LsnLease(Base):
         sa.ForeignKeyConstraint(["tenant_id", "timeline_id"],
                                 ["timelines.tenant_id", "timelines.timeline_id"],
                                 ondelete="CASCADE"),
+    )
+
+
+class LsnHistory(Base):
+    """When each disk_consistent_lsn was reached (one row per flush): maps a wall-clock
+    time to an LSN for the PITR window (every WAL record at or below ``lsn`` was written
+    before ``recorded_at``).  GC prunes rows older than the window."""
+
+    __tablename__ = "lsn_history"
+
+    tenant_id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    timeline_id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    lsn: Mapped[Lsn] = mapped_column(PgLsn(), primary_key=True)
+    recorded_at: Mapped[datetime.datetime] = mapped_column(
+        sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now())
+
+    __table_args__ = (
+        sa.ForeignKeyConstraint(["tenant_id", "timeline_id"],
+                                ["timelines.tenant_id", "timelines.timeline_id"],
+                                ondelete="CASCADE"),
+        sa.Index("ix_lsn_history_time", "tenant_id", "timeline_id", "recorded_at"),
     )

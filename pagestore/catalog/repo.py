@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from pagestore.catalog.models import Layer, Tenant, Timeline
+from pagestore.catalog.models import Layer, LsnHistory, LsnLease, Tenant, Timeline
 from pagestore.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -21,9 +21,11 @@ from pagestore.errors import (
     TimelineNotFound,
 )
 from pagestore.ids import TenantId, TimelineId
+from pagestore.layers.desc import LayerDesc
 
 if TYPE_CHECKING:
     import datetime
+    from collections.abc import Sequence
 
     from sqlalchemy.orm import Session
 
@@ -55,6 +57,7 @@ class TimelineRecord:
     created_at: datetime.datetime
     state_reason: str | None = None
     layers_version: int = 0
+    pitr_cutoff_lsn: Lsn | None = None
 
     @property
     def resumable(self) -> bool:
@@ -87,6 +90,7 @@ def _timeline_record(row: Timeline) -> TimelineRecord:
         created_at=row.created_at,
         state_reason=row.state_reason,
         layers_version=row.layers_version,
+        pitr_cutoff_lsn=row.pitr_cutoff_lsn,
     )
 
 
@@ -153,64 +157,57 @@ def list_timelines(session: Session, tenant_id: TenantId) -> list[TimelineRecord
 
 # --------------------------------------------------------------------------- layers
 
-@dataclass(frozen=True, slots=True)
-class LayerRecord:
-    """A registered layer file (a row of ``layers``)."""
-
-    kind: str
-    level: int
-    key_start: bytes
-    key_end: bytes
-    lsn_start: Lsn
-    lsn_end: Lsn
-    file_name: str
-    file_size: int
-    checksum: int
-
-
-def _layer_record(row: Layer) -> LayerRecord:
-    return LayerRecord(row.kind, row.level, bytes(row.key_start), bytes(row.key_end),
-                       row.lsn_start, row.lsn_end, row.file_name, row.file_size, row.checksum)
+def _layer_desc(row: Layer) -> LayerDesc:
+    return LayerDesc(row.kind, row.level, bytes(row.key_start), bytes(row.key_end),
+                     row.lsn_start, row.lsn_end, row.file_name, row.file_size, row.checksum)
 
 
 def add_layer(session: Session, tenant_id: TenantId, timeline_id: TimelineId,
-              layer: LayerRecord) -> None:
-    """Register a layer file; bumps the timeline's layers_version."""
-    _bump_layers_version(session, tenant_id, timeline_id)
+              layer: LayerDesc) -> int:
+    """Register a layer file; bumps the timeline's layers_version and returns it."""
+    version = _bump_layers_version(session, tenant_id, timeline_id)
     session.add(Layer(tenant_id=str(tenant_id), timeline_id=str(timeline_id), kind=layer.kind,
                       level=layer.level, key_start=layer.key_start, key_end=layer.key_end,
                       lsn_start=layer.lsn_start, lsn_end=layer.lsn_end,
                       file_name=layer.file_name, file_size=layer.file_size,
                       checksum=layer.checksum))
+    return version
 
 
-def _bump_layers_version(session: Session, tenant_id: TenantId, timeline_id: TimelineId) -> None:
-    session.execute(
+def _bump_layers_version(session: Session, tenant_id: TenantId, timeline_id: TimelineId) -> int:
+    """Move the timeline's layers_version on; returns the new version."""
+    version = session.scalar(
         sa.update(Timeline)
         .where(Timeline.tenant_id == str(tenant_id), Timeline.timeline_id == str(timeline_id))
-        .values(layers_version=Timeline.layers_version + 1))
+        .values(layers_version=Timeline.layers_version + 1)
+        .returning(Timeline.layers_version))
+    if version is None:
+        raise TimelineNotFound(f"timeline {timeline_id} of tenant {tenant_id} not found")
+    return int(version)
 
 
 def get_layer(session: Session, tenant_id: TenantId, timeline_id: TimelineId,
-              file_name: str) -> LayerRecord | None:
+              file_name: str) -> LayerDesc | None:
     """The registered layer of that file name, if any."""
     row = session.scalar(
         sa.select(Layer)
         .where(Layer.tenant_id == str(tenant_id), Layer.timeline_id == str(timeline_id),
                Layer.file_name == file_name, Layer.local_state != "deleted"))
-    return None if row is None else _layer_record(row)
+    return None if row is None else _layer_desc(row)
 
 
 def commit_flush(session: Session, tenant_id: TenantId, timeline_id: TimelineId, *,
-                 layer: LayerRecord | None, lsn_start: Lsn, disk_consistent_lsn: Lsn,
-                 prev_record_lsn: Lsn) -> bool:
+                 layer: LayerDesc | None, lsn_start: Lsn, disk_consistent_lsn: Lsn,
+                 prev_record_lsn: Lsn) -> int | None:
     """Register an L0 flush covering [lsn_start, disk_consistent_lsn]: the layer (if it
     holds values) and the new disk_consistent_lsn, in the caller's transaction.
 
     The timeline row is locked first.  A flush must start right after the registered
     disk_consistent_lsn (no gap, never backwards); the same flush committed before (a
-    retry after a commit whose answer was lost) is recognised and is a no-op.  Returns
-    False for such a repeat, True when this call registered the flush."""
+    retry after a commit whose answer was lost: disk_consistent_lsn is already its end,
+    which only this flush can have set; compaction may even have merged its layer since)
+    is recognised and is a no-op.  Returns None for such a repeat, else the timeline's
+    new layers_version."""
     row = session.scalar(
         sa.select(Timeline)
         .where(Timeline.tenant_id == str(tenant_id), Timeline.timeline_id == str(timeline_id))
@@ -218,28 +215,28 @@ def commit_flush(session: Session, tenant_id: TenantId, timeline_id: TimelineId,
     if row is None:
         raise TimelineNotFound(f"timeline {timeline_id} of tenant {tenant_id} not found")
     current = row.disk_consistent_lsn
-    if current == disk_consistent_lsn and (
-            layer is None
-            or get_layer(session, tenant_id, timeline_id, layer.file_name) is not None):
-        return False
+    if current == disk_consistent_lsn:
+        return None
     if current + 1 != lsn_start:
         raise PagestoreError(
             f"flush of [{lsn_start}, {disk_consistent_lsn}] does not follow the registered "
             f"disk_consistent_lsn {current} of timeline {timeline_id} (tenant {tenant_id}): "
             "refusing to leave a gap or go backwards")
     if layer is not None:
-        add_layer(session, tenant_id, timeline_id, layer)
+        version = add_layer(session, tenant_id, timeline_id, layer)
     else:
         # No file (no record of the range made a value), but the map still moves on: a
         # reader must learn the new disk_consistent_lsn, which its subscription needs.
-        _bump_layers_version(session, tenant_id, timeline_id)
+        version = _bump_layers_version(session, tenant_id, timeline_id)
     update_timeline(session, tenant_id, timeline_id, disk_consistent_lsn=disk_consistent_lsn,
                     last_record_lsn=disk_consistent_lsn, prev_record_lsn=prev_record_lsn)
-    return True
+    session.add(LsnHistory(tenant_id=str(tenant_id), timeline_id=str(timeline_id),
+                           lsn=disk_consistent_lsn))
+    return version
 
 
 def read_layer_map(session: Session, tenant_id: TenantId,
-                   timeline_id: TimelineId) -> tuple[TimelineRecord, list[LayerRecord]]:
+                   timeline_id: TimelineId) -> tuple[TimelineRecord, list[LayerDesc]]:
     """The timeline row and its layers from one snapshot (the caller's transaction is
     switched to REPEATABLE READ): the layers are exactly those of that layers_version."""
     session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
@@ -267,20 +264,21 @@ def delete_timeline(session: Session, tenant_id: TenantId, timeline_id: Timeline
                                               Timeline.timeline_id == str(timeline_id)))
 
 
-def list_layers(session: Session, tenant_id: TenantId, timeline_id: TimelineId) -> list[LayerRecord]:
+def list_layers(session: Session, tenant_id: TenantId, timeline_id: TimelineId) -> list[LayerDesc]:
     rows = session.scalars(
         sa.select(Layer).where(Layer.tenant_id == str(tenant_id),
                                Layer.timeline_id == str(timeline_id),
                                Layer.local_state != "deleted")
         .order_by(Layer.lsn_end, Layer.file_name))
-    return [_layer_record(r) for r in rows]
+    return [_layer_desc(r) for r in rows]
 
 
 def update_timeline(session: Session, tenant_id: TenantId, timeline_id: TimelineId,
                     **fields: object) -> None:
     """Set columns of a timeline row (LSNs, state, ...) and bump updated_at."""
-    allowed = {"state", "state_reason", "wal_source", "min_readable_lsn", "last_record_lsn", "prev_record_lsn",
-               "disk_consistent_lsn", "remote_consistent_lsn", "gc_cutoff_lsn"}
+    allowed = {"state", "state_reason", "wal_source", "min_readable_lsn", "last_record_lsn",
+               "prev_record_lsn", "disk_consistent_lsn", "remote_consistent_lsn",
+               "gc_cutoff_lsn", "pitr_cutoff_lsn"}
     unknown = set(fields) - allowed
     if unknown:
         raise ValueError(f"cannot update timeline columns {sorted(unknown)}")
@@ -295,3 +293,131 @@ def update_timeline(session: Session, tenant_id: TenantId, timeline_id: Timeline
 def list_all_timelines(session: Session) -> list[TimelineRecord]:
     rows = session.scalars(sa.select(Timeline).order_by(Timeline.tenant_id, Timeline.timeline_id))
     return [_timeline_record(r) for r in rows]
+
+
+def lock_timeline(session: Session, tenant_id: TenantId, timeline_id: TimelineId) -> TimelineRecord:
+    """The timeline row, locked until the transaction ends (FOR UPDATE): what GC, a
+    layer swap, a branch or a lease reads and then changes depending on it."""
+    row = session.scalar(
+        sa.select(Timeline)
+        .where(Timeline.tenant_id == str(tenant_id), Timeline.timeline_id == str(timeline_id))
+        .with_for_update())
+    if row is None:
+        get_tenant(session, tenant_id)
+        raise TimelineNotFound(f"timeline {timeline_id} of tenant {tenant_id} not found")
+    return _timeline_record(row)
+
+
+def swap_layers(session: Session, tenant_id: TenantId, timeline_id: TimelineId, *,
+                remove: Sequence[LayerDesc], add: Sequence[LayerDesc], **timeline_fields: object
+                ) -> int:
+    """Replace layers in one step (compaction, image creation, GC), with any timeline
+    columns that go with it (GC's cutoffs), in the caller's transaction: readers see the
+    map before or after, never a gap or a double.  Every layer to remove must still be
+    registered (else FailedPrecondition: the map changed under the caller, who retries
+    on the new one).  Bumps layers_version (returned) and notifies the readers."""
+    lock_timeline(session, tenant_id, timeline_id)
+    names = [d.file_name for d in remove]
+    if names:
+        deleted = session.execute(
+            sa.delete(Layer).where(Layer.tenant_id == str(tenant_id),
+                                   Layer.timeline_id == str(timeline_id),
+                                   Layer.file_name.in_(names)))
+        if deleted.rowcount != len(set(names)):  # type: ignore[attr-defined]
+            raise FailedPrecondition(
+                f"layer map of timeline {timeline_id} changed during the job: "
+                f"{len(names) - deleted.rowcount} of its layers are gone")  # type: ignore[attr-defined]
+    version = _bump_layers_version(session, tenant_id, timeline_id)
+    for d in add:
+        session.add(Layer(tenant_id=str(tenant_id), timeline_id=str(timeline_id), kind=d.kind,
+                          level=d.level, key_start=d.key_start, key_end=d.key_end,
+                          lsn_start=d.lsn_start, lsn_end=d.lsn_end, file_name=d.file_name,
+                          file_size=d.file_size, checksum=d.checksum))
+    if timeline_fields:
+        update_timeline(session, tenant_id, timeline_id, **timeline_fields)
+    notify_layers(session, tenant_id, timeline_id)
+    return version
+
+
+def notify_layers(session: Session, tenant_id: TenantId, timeline_id: TimelineId) -> None:
+    """Tell the page readers (LISTEN pagestore_layers) to reload the timeline's map, also
+    when no layer row changed (a GC that only moved the cutoff)."""
+    session.execute(sa.select(sa.func.pg_notify("pagestore_layers",
+                                                f"{tenant_id}/{timeline_id}")))
+
+
+def branch_points(session: Session, tenant_id: TenantId, timeline_id: TimelineId) -> list[Lsn]:
+    """The ancestor LSNs of the timeline's children (GC keeps what reads there need)."""
+    return [lsn for lsn in session.scalars(
+        sa.select(Timeline.ancestor_lsn)
+        .where(Timeline.tenant_id == str(tenant_id),
+               Timeline.ancestor_timeline_id == str(timeline_id))) if lsn is not None]
+
+
+def active_leases(session: Session, tenant_id: TenantId, timeline_id: TimelineId,
+                  now: datetime.datetime) -> list[Lsn]:
+    """LSNs of the timeline's leases still valid at ``now``."""
+    return list(session.scalars(
+        sa.select(LsnLease.lsn)
+        .where(LsnLease.tenant_id == str(tenant_id), LsnLease.timeline_id == str(timeline_id),
+               LsnLease.valid_until > now)))
+
+
+def grant_lease(session: Session, tenant_id: TenantId, timeline_id: TimelineId, lsn: Lsn,
+                valid_until: datetime.datetime) -> datetime.datetime | None:
+    """Hold GC back at ``lsn`` until ``valid_until`` (a lease at the same LSN is extended,
+    never shortened).  None when the LSN is below the GC cutoff already (Neon answers the
+    lease with NULL then)."""
+    tl = lock_timeline(session, tenant_id, timeline_id)
+    if lsn < tl.gc_cutoff_lsn:
+        return None
+    row = session.get(LsnLease, (str(tenant_id), str(timeline_id), lsn))
+    if row is None:
+        session.add(LsnLease(tenant_id=str(tenant_id), timeline_id=str(timeline_id), lsn=lsn,
+                             valid_until=valid_until))
+        return valid_until
+    if row.valid_until < valid_until:
+        row.valid_until = valid_until
+    return row.valid_until
+
+
+def lsn_reached_before(session: Session, tenant_id: TenantId, timeline_id: TimelineId,
+                       when: datetime.datetime) -> Lsn | None:
+    """The newest disk_consistent_lsn recorded before ``when``: every record at or below
+    it was written before then.  None if nothing was recorded that early."""
+    lsn: Lsn | None = session.scalar(
+        sa.select(sa.func.max(LsnHistory.lsn))
+        .where(LsnHistory.tenant_id == str(tenant_id),
+               LsnHistory.timeline_id == str(timeline_id), LsnHistory.recorded_at < when))
+    return lsn
+
+
+def prune_lsn_history(session: Session, tenant_id: TenantId, timeline_id: TimelineId,
+                      below: Lsn) -> None:
+    """Forget the times of LSNs below ``below`` (GC's cutoff: older ones answer nothing)."""
+    session.execute(sa.delete(LsnHistory).where(
+        LsnHistory.tenant_id == str(tenant_id), LsnHistory.timeline_id == str(timeline_id),
+        LsnHistory.lsn < below))
+    session.execute(sa.delete(LsnLease).where(
+        LsnLease.tenant_id == str(tenant_id), LsnLease.timeline_id == str(timeline_id),
+        LsnLease.valid_until < sa.func.now()))
+
+
+def get_tenant_config(session: Session, tenant_id: TenantId) -> dict[str, object]:
+    """The tenant's setting overrides (pagestore.config.tenant_settings applies them)."""
+    row = session.get(Tenant, str(tenant_id))
+    if row is None:
+        raise TenantNotFound(f"tenant {tenant_id} not found")
+    return dict(row.config)
+
+
+def set_tenant_config(session: Session, tenant_id: TenantId, changes: dict[str, object],
+                      reset: Sequence[str] = ()) -> dict[str, object]:
+    """Merge ``changes`` into the tenant's overrides, drop the ``reset`` keys; returns the
+    new overrides (validated by the caller)."""
+    row = session.get(Tenant, str(tenant_id), with_for_update=True)
+    if row is None:
+        raise TenantNotFound(f"tenant {tenant_id} not found")
+    config = {k: v for k, v in {**row.config, **changes}.items() if k not in reset}
+    row.config = config
+    return config

@@ -53,11 +53,12 @@ class DeltaLayerWriter(LayerFileWriter):
     def __init__(self, directory: Path, key_start: Key, key_end: Key, lsn_start: Lsn,
                  lsn_end: Lsn, *, data_block_size: int = DEFAULT_DATA_BLOCK_SIZE,
                  index_block_entries: int = DEFAULT_INDEX_BLOCK_ENTRIES,
-                 zstd_level: int = DEFAULT_ZSTD_LEVEL) -> None:
+                 zstd_level: int = DEFAULT_ZSTD_LEVEL, writer: str = "tool") -> None:
         name = delta_layer_name(key_start, key_end, lsn_start, lsn_end)
         super().__init__(directory, LayerKind.DELTA, name, key_start, key_end, lsn_start,
                          lsn_end, data_block_size=data_block_size,
-                         index_block_entries=index_block_entries, zstd_level=zstd_level)
+                         index_block_entries=index_block_entries, zstd_level=zstd_level,
+                         writer=writer)
 
     def put(self, key: Key, lsn: Lsn, value: bytes, will_init: bool) -> None:
         """Add one version; (key, lsn) must be above the previous put's."""
@@ -80,6 +81,16 @@ class DeltaLayerReader(LayerFileReader):
         return [DeltaValue(Lsn(lsn), bool(flags & FLAG_WILL_INIT), value)
                 for lsn, flags, value in self.lookup(key_bytes + _LSN_ZERO,
                                                      key_bytes + LSN_BE.pack(lsn_end))]
+
+    def needed_versions(self, key_bytes: bytes, lsn_floor: int,
+                        lsn_end: int) -> list[tuple[int, bytes]]:
+        """The (lsn, value) pairs a read needs from this layer, oldest first: versions of
+        the key with lsn_floor <= lsn < lsn_end, from the newest down to the first that
+        needs nothing older (will_init).  Older versions are not read."""
+        if lsn_end <= self.lsn_start:
+            return []
+        return [(lsn, value) for lsn, _, value in self.lookup_newest(
+            key_bytes + LSN_BE.pack(max(lsn_floor, 0)), key_bytes + LSN_BE.pack(lsn_end))]
 
     def iter_all(self) -> Iterator[tuple[Key, Lsn, bool, bytes]]:
         """Every (key, lsn, will_init, value) in (key, lsn) order."""

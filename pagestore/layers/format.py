@@ -54,11 +54,18 @@ import zstandard
 
 from pagestore.errors import CorruptLayerError
 from pagestore.keys import KEY_SIZE, Key
-from pagestore.layers.names import TEMP_SUFFIX, LayerKind, is_temp_layer_file_name, parse_layer_name
+from pagestore.layers.desc import LEVEL_L0, LayerDesc
+from pagestore.layers.names import (
+    TEMP_SUFFIX,
+    LayerKind,
+    LayerName,
+    is_temp_layer_file_name,
+    parse_layer_name,
+)
 from pagestore.lsn import Lsn
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
     from types import TracebackType
 
 log = logging.getLogger(__name__)
@@ -151,6 +158,12 @@ class LayerInfo:
     checksum: int
     entry_count: int
 
+    def desc(self, level: int = LEVEL_L0) -> LayerDesc:
+        """The descriptor the catalog registers for this file."""
+        return LayerDesc(self.kind.value, level, self.key_start.to_bytes(),
+                         self.key_end.to_bytes(), self.lsn_start, self.lsn_end,
+                         self.file_name, self.file_size, self.checksum)
+
 
 # ------------------------------------------------------------------------ checksums
 
@@ -218,11 +231,26 @@ def fsync_directory(directory: Path) -> None:
 
 # --------------------------------------------------------------------------- writer
 
-def sweep_unregistered(directory: Path, registered: set[str]) -> list[str]:
-    """Remove what writers left behind in a timeline directory: temporary files (a write
-    that crashed or was aborted) and complete layer files no catalog row names (a crash
-    between linking a file and committing its row).  Only the process that writes the
-    directory may call it, when it starts, before it writes.  Returns the names removed."""
+def temp_writer(name: str) -> str | None:
+    """The writer tag in a temporary file's name (``<final>.<writer>-<hex>.___temp``)."""
+    if not is_temp_layer_file_name(name):
+        return None
+    tail = name[:-len(TEMP_SUFFIX)].rsplit(".", 1)[-1]
+    writer, sep, _ = tail.rpartition("-")
+    return writer if sep else None
+
+
+def sweep_unregistered(directory: Path, registered: set[str], *, writer: str,
+                       owns: Callable[[LayerName], bool]) -> list[str]:
+    """Remove what ``writer`` left behind in a timeline directory: its temporary files (a
+    write that crashed or was aborted) and complete layer files no catalog row names
+    that ``owns`` says are its own (a crash between linking a file and committing its
+    row, or between committing a swap and unlinking the files it replaced).  Ingest and
+    housekeeping both write into timeline directories: each sweeps only its own files,
+    as the caller of ``owns`` knows them (ingest: L0 deltas above disk_consistent_lsn;
+    housekeeping: anything at or below it).  The caller must be the only writer of its
+    kind for the directory and read ``registered`` in the same snapshot as the LSNs
+    ``owns`` compares with.  Returns the names removed."""
     removed: list[str] = []
     if not directory.is_dir():
         return removed
@@ -230,15 +258,21 @@ def sweep_unregistered(directory: Path, registered: set[str]) -> list[str]:
         name = path.name
         if not path.is_file() or name in registered:
             continue
-        if not is_temp_layer_file_name(name):
+        if is_temp_layer_file_name(name):
+            if temp_writer(name) != writer:
+                continue
+            why = "temporary"
+        else:
             try:
-                parse_layer_name(name)
+                layer_name = parse_layer_name(name)
             except ValueError:
-                continue  # not ours: leave it
-        path.unlink()
+                continue  # not a layer file: leave it
+            if not owns(layer_name):
+                continue
+            why = "not registered"
+        path.unlink(missing_ok=True)
         removed.append(name)
-        log.info("removed leftover layer file %s (%s)", path,
-                 "temporary" if is_temp_layer_file_name(name) else "not registered")
+        log.info("removed leftover layer file %s (%s)", path, why)
     if removed:
         fsync_directory(directory)
     return removed
@@ -262,7 +296,7 @@ class LayerFileWriter:
                  key_start: Key, key_end: Key, lsn_start: int, lsn_end: int, *,
                  data_block_size: int = DEFAULT_DATA_BLOCK_SIZE,
                  index_block_entries: int = DEFAULT_INDEX_BLOCK_ENTRIES,
-                 zstd_level: int = DEFAULT_ZSTD_LEVEL) -> None:
+                 zstd_level: int = DEFAULT_ZSTD_LEVEL, writer: str = "tool") -> None:
         if not 0 < data_block_size <= MAX_VALUE_SIZE:
             raise ValueError(f"data_block_size must be in 1..{MAX_VALUE_SIZE}, "
                              f"got {data_block_size}")
@@ -293,7 +327,10 @@ class LayerFileWriter:
         self._pos = HEADER_BLOCK_SIZE  # file offset of the next write
         self._body_crc = 0             # CRC32C of everything after the header block
 
-        self.temp_path = self.directory / f"{file_name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        if not writer.isidentifier():
+            raise ValueError(f"writer tag {writer!r} must be an identifier")
+        self.temp_path = (self.directory
+                          / f"{file_name}.{writer}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
         fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                      0o644)
         try:
@@ -326,23 +363,29 @@ class LayerFileWriter:
                              f"{self._state.value}")
 
     def _put(self, key: Key, lsn: int, flags: int, value: bytes) -> None:
+        self.put_raw(key.to_bytes(), lsn, flags, value)
+
+    def put_raw(self, key_bytes: bytes, lsn: int, flags: int, value: bytes) -> None:
+        """Add one entry with the key in its 18-byte form and the index flags as they are
+        (FLAG_WILL_INIT): the hot path of ingest flushes and compaction."""
         if self._state is not _WriterState.OPEN:
             self._check_open()
-        key_bytes = key.to_bytes()
         if not self._key_start_bytes <= key_bytes < self._key_end_bytes:
-            raise ValueError(f"{self.kind} layer {self.file_name}: key {key} is outside "
-                             f"the layer's key range [{self.key_start}, {self.key_end})")
+            raise ValueError(f"{self.kind} layer {self.file_name}: key "
+                             f"{Key.from_bytes(key_bytes)} is outside the layer's key range "
+                             f"[{self.key_start}, {self.key_end})")
         if not self.lsn_start <= lsn < self.lsn_end:
             raise ValueError(f"{self.kind} layer {self.file_name}: LSN {Lsn(lsn)} of key "
-                             f"{key} is outside the layer's LSN range "
+                             f"{Key.from_bytes(key_bytes)} is outside the layer's LSN range "
                              f"[{self.lsn_start}, {self.lsn_end})")
         ok = key_bytes + LSN_BE.pack(lsn)
         if ok <= self._last_ordkey:
-            self._refuse_order(key, lsn, ok)
+            self._refuse_order(Key.from_bytes(key_bytes), lsn, ok)
         n = len(value)
         if n > MAX_VALUE_SIZE:
-            raise ValueError(f"{self.kind} layer {self.file_name}: value of key {key} at "
-                             f"{Lsn(lsn)} is {n} bytes, over the {MAX_VALUE_SIZE}-byte limit")
+            raise ValueError(f"{self.kind} layer {self.file_name}: value of key "
+                             f"{Key.from_bytes(key_bytes)} at {Lsn(lsn)} is {n} bytes, over "
+                             f"the {MAX_VALUE_SIZE}-byte limit")
         if n >= self._block_target and self._buf_entries:
             self._flush_block()  # a big value gets a block of its own
         self._index += INDEX_ENTRY.pack(key_bytes, lsn, flags, self._block_count,
@@ -384,6 +427,23 @@ class LayerFileWriter:
         self._write(payload)
         self._write(CRC.pack(crc32c.crc32c(payload, crc32c.crc32c(head))))
         self._block_count += 1
+
+    def narrow_key_end(self, key_end: Key) -> None:
+        """End the layer's key range at ``key_end`` instead (compaction cuts a partition
+        where its size is reached): the final name and the header follow.  ``key_end``
+        must lie above every key written and not above the range given at the start."""
+        self._check_open()
+        kb = key_end.to_bytes()
+        if not (self._last_ordkey[:KEY_SIZE] < kb <= self._key_end_bytes
+                and self._key_start_bytes < kb):
+            raise ValueError(f"{self.kind} layer {self.file_name}: cannot end its key range "
+                             f"at {key_end}")
+        self.key_end = key_end
+        self._key_end_bytes = kb
+        lsn_end = self.lsn_end if self.kind is LayerKind.DELTA else self.lsn_start + 1
+        self.file_name = LayerName(self.kind, self.key_start, key_end, self.lsn_start,
+                                   Lsn(lsn_end)).file_name
+        self.path = self.directory / self.file_name
 
     def finish(self, *, replace: bool = False) -> LayerInfo:
         """Complete the file, make it durable and give it its final name.
@@ -696,6 +756,48 @@ class LayerFileReader:
             i += 1
         return out
 
+    def lookup_newest(self, lo: bytes, hi: bytes) -> list[tuple[int, int, bytes]]:
+        """Like ``lookup`` for one key's versions in [lo, hi), but only those a read
+        needs: walking down from the newest, up to and including the first one flagged
+        will_init (or all of them when none is).  Older versions are not touched, not even
+        their index entries past the one that stops the walk."""
+        firsts = self._firsts
+        i = bisect_right(firsts, hi) - 1  # the index block where entries below hi end
+        if i < 0:
+            return []
+        size = INDEX_ENTRY.size
+        block = self._index_block(i)
+        count = self._index_blocks[i][1]
+        j, end = 0, count  # entries of block i below hi: [0, j)
+        while j < end:
+            mid = (j + end) >> 1
+            if block[mid * size:mid * size + ORDKEY_SIZE] < hi:
+                j = mid + 1
+            else:
+                end = mid
+        found: list[tuple[int, int, int, int, int]] = []
+        while True:
+            while j > 0:
+                j -= 1
+                pos = j * size
+                if block[pos:pos + ORDKEY_SIZE] < lo:
+                    return self._values_of(found)
+                _, lsn, flags, n, offset, length = INDEX_ENTRY.unpack_from(block, pos)
+                found.append((lsn, flags, n, offset, length))
+                if flags & FLAG_WILL_INIT:
+                    return self._values_of(found)
+            if i == 0 or firsts[i] <= lo:
+                return self._values_of(found)
+            i -= 1
+            block = self._index_block(i)
+            j = self._index_blocks[i][1]
+
+    def _values_of(self, found: list[tuple[int, int, int, int, int]]
+                   ) -> list[tuple[int, int, bytes]]:
+        """(lsn, flags, value) of index entries collected newest first, oldest first."""
+        return [(lsn, flags, self._value(self._data_block(n), n, offset, length))
+                for lsn, flags, n, offset, length in reversed(found)]
+
     def iter_entries(self, *, values: bool = True) -> Iterator[tuple[bytes, int, int, bytes]]:
         """Every (key bytes, lsn, flags, value) in (key, lsn) order, reading each block
         once and bypassing the caches (for compaction and scans).  With ``values=False``
@@ -722,6 +824,12 @@ class LayerFileReader:
                 previous = key
                 yield Key.from_bytes(key)
 
+    def desc(self, level: int = LEVEL_L0) -> LayerDesc:
+        """A descriptor of this file (its whole-file checksum computed by reading it)."""
+        h = self.header
+        return LayerDesc(self.kind.value, level, h.key_start, h.key_end, self.lsn_start,
+                         self.lsn_end, self.path.name, h.file_size, file_checksum(self.path))
+
     def verify(self) -> None:
         """Read and check every block; CorruptLayerError on the first bad one."""
         for _ in self.iter_entries():
@@ -741,6 +849,13 @@ class LayerFileReader:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+    def __del__(self) -> None:
+        # A reader dropped from a map's cache while a read still used it is closed when
+        # the last reference goes (LayerMap.replace).
+        if getattr(self, "_fd", -1) >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path}>"

@@ -43,11 +43,12 @@ class ImageLayerWriter(LayerFileWriter):
     def __init__(self, directory: Path, key_start: Key, key_end: Key, lsn: Lsn, *,
                  data_block_size: int = DEFAULT_DATA_BLOCK_SIZE,
                  index_block_entries: int = DEFAULT_INDEX_BLOCK_ENTRIES,
-                 zstd_level: int = DEFAULT_ZSTD_LEVEL) -> None:
+                 zstd_level: int = DEFAULT_ZSTD_LEVEL, writer: str = "tool") -> None:
         name = image_layer_name(key_start, key_end, lsn)
         super().__init__(directory, LayerKind.IMAGE, name, key_start, key_end, lsn, lsn + 1,
                          data_block_size=data_block_size,
-                         index_block_entries=index_block_entries, zstd_level=zstd_level)
+                         index_block_entries=index_block_entries, zstd_level=zstd_level,
+                         writer=writer)
         self.lsn = Lsn(lsn)
 
     def put(self, key: Key, value: bytes) -> None:
@@ -70,6 +71,11 @@ class ImageLayerReader(LayerFileReader):
     def get(self, key: Key) -> bytes | None:
         """The image of ``key``, or None when the layer has none."""
         key_bytes = key.to_bytes()
+        found = self.lookup(key_bytes + _LSN_ZERO, key_bytes + _LSN_ALL)
+        return found[0][2] if found else None
+
+    def get_raw(self, key_bytes: bytes) -> bytes | None:
+        """``get`` with the key in its 18-byte form."""
         found = self.lookup(key_bytes + _LSN_ZERO, key_bytes + _LSN_ALL)
         return found[0][2] if found else None
 

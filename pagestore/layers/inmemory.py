@@ -65,7 +65,11 @@ class InMemoryLayer:
 
     def versions(self, key: Key, lsn_end: Lsn) -> list[tuple[Lsn, bytes]]:
         """Every version of ``key`` with lsn < lsn_end, ascending."""
-        slot = self.entries.get(key.to_bytes())
+        return self.versions_of(key.to_bytes(), lsn_end)
+
+    def versions_of(self, key_bytes: bytes, lsn_end: int) -> list[tuple[Lsn, bytes]]:
+        """``versions`` with the key in its 18-byte form (the read path's VersionSource)."""
+        slot = self.entries.get(key_bytes)
         if slot is None:
             return []
         lsns, vals = slot

@@ -7,6 +7,7 @@ INVALID_ARGUMENT naming the field.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sys
 from typing import TYPE_CHECKING, Any
@@ -14,12 +15,15 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from pagestore.errors import BadRequest, NotFound, from_rpc_error
+from pagestore.catalog.db import make_sessionmaker
+from pagestore.config import Duration, TenantConfig, parse_tenant_setting
+from pagestore.errors import BadRequest, ConfigError, NotFound, from_rpc_error
 from pagestore.grpcutil import (
     SHARD_METADATA_KEY,
     TENANT_METADATA_KEY,
     TIMELINE_METADATA_KEY,
     channel,
+    loop_status,
 )
 from pagestore.ids import TenantId, TimelineId
 from pagestore.lsn import Lsn
@@ -34,10 +38,12 @@ from pagestore.proto import (
     pageread_pb2_grpc,
 )
 from pagestore.service import ServiceContext, run_service
+from services.housekeeping.jobs import Housekeeper
 from services.housekeeping.tenants import TenantManager
 
 if TYPE_CHECKING:
     from pagestore.catalog.repo import TenantRecord, TimelineRecord
+    from pagestore.layers.desc import LayerDesc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 log = logging.getLogger(__name__)
@@ -80,12 +86,33 @@ def timeline_info(rec: TimelineRecord) -> housekeeping_pb2.TimelineInfo:
         gc_cutoff_lsn=int(rec.gc_cutoff_lsn), pg_version=rec.pg_version, state=rec.state,
         wal_source=mask_conninfo(rec.wal_source) if rec.wal_source else "",
         created_at=_ts(rec.created_at), min_readable_lsn=int(rec.min_readable_lsn),
-        prev_record_lsn=int(rec.prev_record_lsn), state_reason=rec.state_reason or "")
+        prev_record_lsn=int(rec.prev_record_lsn), state_reason=rec.state_reason or "",
+        pitr_cutoff_lsn=int(rec.pitr_cutoff_lsn or 0))
+
+
+def layer_stats(layers: list[LayerDesc]) -> list[housekeeping_pb2.LayerStats]:
+    """Counts and bytes of the timeline's layers by kind (l0, l1, image)."""
+    out = []
+    for kind in ("l0", "l1", "image"):
+        group = [d for d in layers if d.label == kind]
+        out.append(housekeeping_pb2.LayerStats(kind=kind, count=len(group),
+                                               bytes=sum(d.file_size for d in group)))
+    return out
+
+
+def _settings_text(cfg: TenantConfig) -> dict[str, str]:
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        out[f.name] = value.to_toml() if isinstance(value, Duration) else str(value)
+    return out
 
 
 class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
-    def __init__(self, tenants: TenantManager, ingest_addr: str, pageread_addr: str) -> None:
+    def __init__(self, tenants: TenantManager, housekeeper: Housekeeper, ingest_addr: str,
+                 pageread_addr: str) -> None:
         self.tenants = tenants
+        self.housekeeper = housekeeper
         self.ingest_addr = ingest_addr
         self.pageread_addr = pageread_addr
         self._ingest: ingest_pb2_grpc.IngestAsyncStub | None = None
@@ -132,8 +159,63 @@ class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
             info.loops.extend(read.loops)
         except grpc.aio.AioRpcError as e:
             log.info("loop states unavailable from pageread: %s", e.details())
+        info.loops.extend(loop_status([self.housekeeper.scheduler]))
+        info.loops.append(self.housekeeper.job_status(rec.tenant_id, rec.timeline_id))
         info.slot.CopyFrom(await self.tenants.slot_status(rec))
+        layers = await asyncio.to_thread(self.tenants.layers, rec.tenant_id, rec.timeline_id)
+        info.layers.extend(layer_stats(layers))
         return info
+
+    async def CompactTimeline(self, request: housekeeping_pb2.CompactTimelineRequest,
+                              context: Context) -> housekeeping_pb2.CompactTimelineResponse:
+        r = await self.housekeeper.compact(
+            parse_tenant_id(request.tenant_id), parse_timeline_id(request.timeline_id),
+            force_l0=request.force_l0_compaction,
+            force_images=request.force_image_layer_creation)
+        return housekeeping_pb2.CompactTimelineResponse(
+            l0_compacted=r.l0_compacted, l1_created=r.l1_created,
+            images_created=r.images_created, image_lsn=int(r.image_lsn),
+            bytes_written=r.bytes_written, elapsed_seconds=r.elapsed)
+
+    async def GcTimeline(self, request: common_pb2.TimelineRef,
+                         context: Context) -> housekeeping_pb2.GcTimelineResponse:
+        r = await self.housekeeper.gc(parse_tenant_id(request.tenant_id),
+                                      parse_timeline_id(request.timeline_id))
+        return housekeeping_pb2.GcTimelineResponse(
+            gc_cutoff_lsn=int(r.gc_cutoff_lsn), pitr_cutoff_lsn=int(r.pitr_cutoff_lsn),
+            layers_total=r.plan.total, layers_needed_by_cutoff=r.plan.needed_by_cutoff,
+            layers_needed_by_branches=r.plan.needed_by_branches,
+            layers_needed_by_leases=r.plan.needed_by_leases,
+            layers_removed=len(r.plan.remove), bytes_removed=r.bytes_removed,
+            elapsed_seconds=r.elapsed)
+
+    async def GetTenantConfig(self, request: housekeeping_pb2.GetTenantConfigRequest,
+                              context: Context) -> housekeeping_pb2.TenantConfigResponse:
+        tid = parse_tenant_id(request.tenant_id)
+        effective, overrides = await asyncio.to_thread(self.tenants.tenant_config, tid,
+                                                       self.housekeeper.config.tenant)
+        return housekeeping_pb2.TenantConfigResponse(
+            effective=_settings_text(effective),
+            overrides={k: str(v) for k, v in overrides.items()})
+
+    async def SetTenantConfig(self, request: housekeeping_pb2.SetTenantConfigRequest,
+                              context: Context) -> housekeeping_pb2.TenantConfigResponse:
+        tid = parse_tenant_id(request.tenant_id)
+        try:
+            changes = dict(parse_tenant_setting(f"{k}={v}") for k, v in request.set.items())
+            known = {f.name for f in dataclasses.fields(TenantConfig)}
+            for key in request.reset:
+                if key not in known:
+                    raise ConfigError(f"unknown tenant setting '{key}' (known: "
+                                      f"{', '.join(sorted(known))})")
+        except ConfigError as e:
+            raise BadRequest(str(e)) from None
+        effective, overrides = await asyncio.to_thread(
+            self.tenants.set_tenant_config, tid, self.housekeeper.config.tenant, changes,
+            list(request.reset))
+        return housekeeping_pb2.TenantConfigResponse(
+            effective=_settings_text(effective),
+            overrides={k: str(v) for k, v in overrides.items()})
 
     async def CreateTenant(self, request: housekeeping_pb2.CreateTenantRequest,
                            context: Context) -> housekeeping_pb2.TenantInfo:
@@ -213,9 +295,12 @@ class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
 async def setup(ctx: ServiceContext) -> None:
     assert ctx.catalog is not None
     manager = TenantManager(ctx.catalog, ctx.workdir)
-    servicer = HousekeepingServicer(manager, ctx.config.service_addr("ingest"),
+    housekeeper = Housekeeper(make_sessionmaker(ctx.catalog), ctx.workdir, ctx.config)
+    servicer = HousekeepingServicer(manager, housekeeper, ctx.config.service_addr("ingest"),
                                     ctx.config.service_addr("pageread"))
     housekeeping_pb2_grpc.add_HousekeepingServicer_to_server(servicer, ctx.grpc.server)
+    housekeeper.scheduler.start()
+    ctx.grpc.on_shutdown.append(housekeeper.scheduler.stop)
 
 
 def main() -> int:

@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING
 
 from pagestore.catalog import repo
 from pagestore.catalog.db import make_sessionmaker
-from pagestore.errors import BadRequest, FailedPrecondition, LsnOutOfRange, PagestoreError
+from pagestore.config import tenant_settings
+from pagestore.errors import (
+    BadRequest,
+    ConfigError,
+    FailedPrecondition,
+    LsnOutOfRange,
+    PagestoreError,
+)
 from pagestore.ids import TenantId, TimelineId
 from pagestore.lsn import Lsn
 from pagestore.pg.replication import (
@@ -35,6 +42,7 @@ from pagestore.pg.replication import (
 )
 from pagestore.proto import housekeeping_pb2
 from pagestore.supervise import describe
+from pagestore.timeline import tenant_dir, timeline_dir
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -42,18 +50,13 @@ if TYPE_CHECKING:
 
     import sqlalchemy as sa
 
+    from pagestore.config import TenantConfig
+    from pagestore.layers.desc import LayerDesc
+
 log = logging.getLogger(__name__)
 
 SUPPORTED_PG_VERSIONS = (15,)
 SLOT_TIMEOUT = 5.0  # seconds for a status read of the slot on the WAL source
-
-
-def tenant_dir(workdir: Path, tenant_id: TenantId) -> Path:
-    return workdir / "tenants" / str(tenant_id)
-
-
-def timeline_dir(workdir: Path, tenant_id: TenantId, timeline_id: TimelineId) -> Path:
-    return tenant_dir(workdir, tenant_id) / "timelines" / str(timeline_id)
 
 
 class TenantManager:
@@ -82,7 +85,9 @@ class TenantManager:
         copied, reads below the branch point go to the ancestor."""
         tlid = timeline_id or TimelineId.generate()
         with self.sessions.begin() as s:
-            parent = repo.get_timeline(s, tenant_id, ancestor_id)
+            # Locked: GC of the parent decides under the same lock, so its cutoff cannot
+            # pass a branch point being created.
+            parent = repo.lock_timeline(s, tenant_id, ancestor_id)
             last = ancestor_last_record_lsn or parent.last_record_lsn
             lsn = Lsn((int(ancestor_lsn) + 7) & ~7) if ancestor_lsn else last
             if parent.state != "active":
@@ -101,6 +106,30 @@ class TenantManager:
         log.info("branch created ancestor=%s ancestor_lsn=%s tenant=%s timeline=%s",
                  ancestor_id, lsn, tenant_id, tlid)
         return rec
+
+    def layers(self, tenant_id: TenantId, timeline_id: TimelineId) -> list[LayerDesc]:
+        with self.sessions.begin() as s:
+            return repo.list_layers(s, tenant_id, timeline_id)
+
+    def tenant_config(self, tenant_id: TenantId, defaults: TenantConfig
+                      ) -> tuple[TenantConfig, dict[str, object]]:
+        """The tenant's effective settings and its own overrides."""
+        with self.sessions.begin() as s:
+            overrides = repo.get_tenant_config(s, tenant_id)
+        return tenant_settings(defaults, overrides), overrides
+
+    def set_tenant_config(self, tenant_id: TenantId, defaults: TenantConfig,
+                          changes: dict[str, object], reset: list[str]
+                          ) -> tuple[TenantConfig, dict[str, object]]:
+        """Change the tenant's overrides (validated before they are stored)."""
+        with self.sessions.begin() as s:
+            overrides = repo.set_tenant_config(s, tenant_id, changes, reset)
+            try:
+                effective = tenant_settings(defaults, overrides)
+            except ConfigError as e:
+                raise BadRequest(str(e)) from None
+        log.info("tenant config changed set=%s reset=%s tenant=%s", changes, reset, tenant_id)
+        return effective, overrides
 
     def create_timeline(self, tenant_id: TenantId, timeline_id: TimelineId | None, *,
                         pg_version: int, wal_source: str | None) -> repo.TimelineRecord:

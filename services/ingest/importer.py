@@ -217,7 +217,7 @@ def import_datadir(datadir: Path, timeline_dir: Path, lsn: Lsn) -> ImportResult:
 
     pages = 0
     timeline_dir.mkdir(parents=True, exist_ok=True)
-    with ImageLayerWriter(timeline_dir, KEY_MIN, KEY_MAX, lsn) as w:
+    with ImageLayerWriter(timeline_dir, KEY_MIN, KEY_MAX, lsn, writer="ingest") as w:
         w.put(dbdir_key(), values.image(metadata.encode_dbdir(st.dbdir)))
         for (spc, db) in sorted(st.dbdir):
             path = dbs[(spc, db)]

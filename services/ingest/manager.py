@@ -55,6 +55,7 @@ from pagestore.pg.replication import (
 )
 from pagestore.pg.tar import TarChunk, TarEnd, TarEvent, TarMember
 from pagestore.supervise import SupervisedLoop, describe
+from pagestore.timeline import timeline_dir
 from pagestore.waiting import LsnWaiter
 from services.ingest.importer import TarStager, import_datadir
 from services.ingest.receiver import WalReceiver
@@ -111,7 +112,7 @@ class IngestManager:
         self._ticker = SupervisedLoop("ingest", "ticker", self._tick)
 
     def timeline_dir(self, tenant: TenantId, timeline: TimelineId) -> Path:
-        return self.workdir / "tenants" / str(tenant) / "timelines" / str(timeline)
+        return timeline_dir(self.workdir, tenant, timeline)
 
     def entry(self, tenant: TenantId, timeline: TimelineId) -> TimelineEntry:
         e = self.timelines.get((tenant, timeline))
@@ -229,10 +230,7 @@ class IngestManager:
                     f"{result.control.system_identifier}, the source reports {system_id}")
             info = result.layer
             with self.sessions.begin() as s:
-                repo.add_layer(s, tenant, timeline, repo.LayerRecord(
-                    "image", 0, info.key_start.to_bytes(), info.key_end.to_bytes(),
-                    info.lsn_start, info.lsn_end, info.file_name, info.file_size,
-                    info.checksum))
+                repo.add_layer(s, tenant, timeline, info.desc())
                 repo.update_timeline(s, tenant, timeline, state="active", wal_source=wal_source,
                                      disk_consistent_lsn=start, last_record_lsn=start,
                                      prev_record_lsn=Lsn(0), min_readable_lsn=end)

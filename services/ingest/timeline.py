@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from pagestore import failpoints, metadata, values
 from pagestore.catalog import repo
-from pagestore.errors import NotFound, PagestoreError
+from pagestore.errors import PagestoreError
 from pagestore.keys import (
     KEY_MAX,
     KEY_MIN,
@@ -47,12 +47,14 @@ from pagestore.keys import (
     twophase_dir_key,
 )
 from pagestore.layers.delta import DeltaLayerWriter
+from pagestore.layers.desc import LEVEL_L0, LayerDesc
 from pagestore.layers.format import sweep_unregistered
 from pagestore.layers.inmemory import InMemoryLayer
 from pagestore.layers.layermap import LayerMap
-from pagestore.layers.names import delta_layer_name
+from pagestore.layers.names import LayerKind
 from pagestore.lsn import Lsn
 from pagestore.pg.controlfile import CheckPoint
+from pagestore.timeline import TimelineView
 from services.ingest.walingest import TimelineState, WalIngest
 
 if TYPE_CHECKING:
@@ -65,6 +67,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: The name ingest's layer writers put in their temporary files (its sweep removes only
+#: its own: housekeeping writes into the same directories).
+WRITER = "ingest"
+
 
 @dataclass(frozen=True, slots=True)
 class IngestSettings:
@@ -72,30 +78,30 @@ class IngestSettings:
     checkpoint_timeout: float
 
 
-def load_state(layers: LayerMap, lsn: Lsn) -> TimelineState:
+def load_state(view: TimelineView, lsn: Lsn) -> TimelineState:
     """The metadata of a timeline as of ``lsn``, read back from its layers."""
     st = TimelineState()
-    raw = layers.get_image(dbdir_key(), lsn)
+    raw = view.image(dbdir_key(), lsn)
     st.dbdir = metadata.decode_dbdir(raw) if raw else {}
     for spc, db in st.dbdir:
-        raw = layers.get_image(rel_dir_key(spc, db), lsn)
+        raw = view.image(rel_dir_key(spc, db), lsn)
         rels = metadata.decode_reldir(raw) if raw else set()
         st.reldirs[(spc, db)] = rels
         for relnode, fork in rels:
             rel = RelTag(spc, db, relnode, fork)
-            size = layers.get_image(rel_size_key(rel), lsn)
+            size = view.image(rel_size_key(rel), lsn)
             st.relsizes[rel] = metadata.decode_nblocks(size) if size else 0
     for kind in SlruKind:
-        raw = layers.get_image(slru_dir_key(kind), lsn)
+        raw = view.image(slru_dir_key(kind), lsn)
         st.slru_dirs[kind] = metadata.decode_u32_set(raw) if raw else set()
         for segno in st.slru_dirs[kind]:
-            size = layers.get_image(slru_segment_size_key(kind, segno), lsn)
+            size = view.image(slru_segment_size_key(kind, segno), lsn)
             st.slru_sizes[(kind, segno)] = metadata.decode_nblocks(size) if size else 0
-    raw = layers.get_image(twophase_dir_key(), lsn)
+    raw = view.image(twophase_dir_key(), lsn)
     st.twophase = metadata.decode_u32_set(raw) if raw else set()
-    raw = layers.get_image(checkpoint_key(), lsn)
+    raw = view.image(checkpoint_key(), lsn)
     st.checkpoint = CheckPoint.unpack(raw) if raw else None
-    st.control = layers.get_image(controlfile_key(), lsn)
+    st.control = view.image(controlfile_key(), lsn)
     return st
 
 
@@ -112,7 +118,9 @@ class TimelineIngest:
         self.sessions = sessions
         self.settings = settings
         self.layers = layers
-        self.walingest = WalIngest(state, read_page=self._read_page_value)
+        self.view = TimelineView(layers, sources=self.sources,
+                                 refresh=lambda _lsn: self.reload_layers())
+        self.walingest = WalIngest(state, read_page=self.view.value)
         self.last_record_lsn = last_record_lsn
         self.prev_record_lsn = prev_record_lsn
         self.disk_consistent_lsn = disk_consistent_lsn
@@ -127,10 +135,13 @@ class TimelineIngest:
              sessions: sessionmaker[Session], settings: IngestSettings) -> TimelineIngest:
         with sessions.begin() as s:
             tl, layer_rows = repo.read_layer_map(s, tenant_id, timeline_id)
-        sweep_unregistered(timeline_dir, {r.file_name for r in layer_rows})
-        layers = LayerMap(timeline_dir, layer_rows)
+        dcl = tl.disk_consistent_lsn
+        sweep_unregistered(timeline_dir, {r.file_name for r in layer_rows}, writer=WRITER,
+                           owns=lambda n: n.kind is LayerKind.DELTA and n.lsn_start > dcl
+                           and n.key_start == KEY_MIN and n.key_end == KEY_MAX)
+        layers = LayerMap(timeline_dir, layer_rows, version=tl.layers_version)
         lsn = tl.disk_consistent_lsn
-        state = load_state(layers, lsn)
+        state = load_state(TimelineView(layers), lsn)
         log.info("timeline loaded disk_consistent_lsn=%s layers=%d relations=%d "
                  "tenant=%s timeline=%s", lsn, len(layer_rows), len(state.relsizes),
                  tenant_id, timeline_id)
@@ -154,17 +165,17 @@ class TimelineIngest:
         with self._lock:
             return self.frozen[0] if self.frozen else None
 
-    def _read_page_value(self, key: Key, lsn: Lsn) -> bytes:
-        """A self-sufficient value for ``key`` as of ``lsn``: its image if the newest
-        version is one, else a Materialize value carrying the chain for redo."""
-        chain = self.layers.get(key, lsn, self.sources())
-        if not chain.found:
-            raise NotFound(f"key {key} has no version at or below {lsn}")
-        if not chain.records:
-            assert chain.image is not None
-            return values.image(chain.image)
-        return values.materialize(key.to_bytes(), chain.image,
-                                  [(int(k), v) for k, v in chain.records])
+    def reload_layers(self) -> bool:
+        """Take the catalog's layer map if it is newer than the one held (housekeeping
+        swapped layers: a read found a file gone).  True if the map changed."""
+        with self.sessions.begin() as s:
+            tl, rows = repo.read_layer_map(s, self.tenant_id, self.timeline_id)
+        with self._lock:
+            changed = self.layers.replace(rows, tl.layers_version)
+        if changed:
+            log.info("layer map reloaded layers=%d layers_version=%d", len(rows),
+                     tl.layers_version)
+        return changed
 
     # ------------------------------------------------------------------ ingest
     def ingest(self, rec: DecodedRecord) -> list[tuple[Key, Lsn, bytes]]:
@@ -210,35 +221,40 @@ class TimelineIngest:
                                      "of order: frozen layers are flushed oldest first")
         assert layer.end_lsn is not None
         disk_consistent = Lsn(layer.end_lsn - 1)
-        record: repo.LayerRecord | None = None
-        if layer.count:
-            name = delta_layer_name(KEY_MIN, KEY_MAX, layer.start_lsn, layer.end_lsn)
-            with self.sessions.begin() as s:
-                record = repo.get_layer(s, self.tenant_id, self.timeline_id, name)
-            if record is None:
-                with DeltaLayerWriter(self.dir, KEY_MIN, KEY_MAX, layer.start_lsn,
-                                      layer.end_lsn) as w:
-                    for key, lsn, value in layer.sorted_items():
-                        w.put(key, lsn, value, values.will_init(value))
-                    # A file of this name that no row names is what an earlier attempt
-                    # left (a crash or a failed commit): replace it.
-                    info = w.finish(replace=True)
-                record = repo.LayerRecord("delta", 0, info.key_start.to_bytes(),
-                                          info.key_end.to_bytes(), info.lsn_start,
-                                          info.lsn_end, info.file_name, info.file_size,
-                                          info.checksum)
-                failpoints.check("ingest-flush-after-write")
+        record: LayerDesc | None = None
         with self.sessions.begin() as s:
-            registered = repo.commit_flush(
-                s, self.tenant_id, self.timeline_id, layer=record, lsn_start=layer.start_lsn,
-                disk_consistent_lsn=disk_consistent, prev_record_lsn=layer.prev_record_lsn)
+            done = repo.get_timeline(s, self.tenant_id,
+                                     self.timeline_id).disk_consistent_lsn >= disk_consistent
+        if layer.count and not done:
+            with DeltaLayerWriter(self.dir, KEY_MIN, KEY_MAX, layer.start_lsn,
+                                  layer.end_lsn, writer=WRITER) as w:
+                for key, lsn, value in layer.sorted_items():
+                    w.put(key, lsn, value, values.will_init(value))
+                # A file of this name that no row names is what an earlier attempt left
+                # (a crash or a failed commit): replace it.
+                record = w.finish(replace=True).desc(LEVEL_L0)
+            failpoints.check("ingest-flush-after-write")
+        version = None
+        if not done:
+            with self.sessions.begin() as s:
+                version = repo.commit_flush(
+                    s, self.tenant_id, self.timeline_id, layer=record,
+                    lsn_start=layer.start_lsn, disk_consistent_lsn=disk_consistent,
+                    prev_record_lsn=layer.prev_record_lsn)
         failpoints.check("ingest-flush-after-commit")
+        if version is None or version != self.layers.version + 1:
+            # Registered by an earlier attempt (the layer may even be compacted by now), or
+            # housekeeping changed the map since ours was read: take the catalog's, which
+            # has this flush (or what replaced it).  Readers of files it no longer names
+            # are dropped, so their space is freed.
+            self.reload_layers()
         with self._lock:
-            if record is not None and not self.layers.has(record.file_name):
-                self.layers.add(record)
+            if record is not None and version is not None:
+                self.layers.add(record, version)
             self.frozen.remove(layer)
             self.disk_consistent_lsn = disk_consistent
+        registered = version is not None
         log.info("flushed layer %s values=%d disk_consistent_lsn=%s%s",
-                 record.file_name if record else "(none: no values)", layer.count,
+                 record.file_name if record else "(none)", layer.count,
                  disk_consistent, "" if registered else " (registered by an earlier attempt)")
         return disk_consistent

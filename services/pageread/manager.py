@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 from typing import TYPE_CHECKING
 
@@ -32,8 +33,10 @@ from sqlalchemy.engine import make_url
 from pagestore import failpoints
 from pagestore.catalog import repo
 from pagestore.catalog.db import make_sessionmaker
+from pagestore.config import tenant_settings
 from pagestore.errors import (
     FailedPrecondition,
+    LsnOutOfRange,
     PagestoreError,
     TimelineNotFound,
     Unavailable,
@@ -46,6 +49,7 @@ from pagestore.lsn import Lsn
 from pagestore.proto import common_pb2, ingest_pb2, ingest_pb2_grpc, redo_pb2, redo_pb2_grpc
 from pagestore.redo.context import RedoContext
 from pagestore.supervise import SupervisedLoop
+from pagestore.timeline import timeline_dir
 from services.pageread.timeline import TimelineReader
 
 if TYPE_CHECKING:
@@ -55,6 +59,7 @@ if TYPE_CHECKING:
 
     from pagestore.config import Config
     from pagestore.ids import TenantId, TimelineId
+    from pagestore.layers.desc import LayerDesc
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +87,11 @@ class PageReadManager:
         self._ingest: ingest_pb2_grpc.IngestAsyncStub | None = None
         self._redo: redo_pb2_grpc.RedoAsyncStub | None = None
         self._ctx: dict[tuple[TenantId, TimelineId], RedoContext] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._ingest = ingest_pb2_grpc.IngestStub(channel(self.config.service_addr("ingest")))
         self._redo = redo_pb2_grpc.RedoStub(channel(self.config.service_addr("redo")))
         self.listener.start()
@@ -97,7 +104,7 @@ class PageReadManager:
         return [*([follower] if follower else []), self.listener]
 
     def timeline_dir(self, tenant: TenantId, timeline: TimelineId) -> Path:
-        return self.workdir / "tenants" / str(tenant) / "timelines" / str(timeline)
+        return timeline_dir(self.workdir, tenant, timeline)
 
     # ------------------------------------------------------------------ timelines
     async def reader(self, tenant: TenantId, timeline: TimelineId) -> TimelineReader:
@@ -110,7 +117,7 @@ class PageReadManager:
             r = self.readers.get(key)
             if r is not None:
                 return r
-            row, rows = await asyncio.to_thread(self._load_rows, tenant, timeline)
+            row, rows, leases = await asyncio.to_thread(self._load_rows, tenant, timeline)
             layers = LayerMap(self.timeline_dir(tenant, timeline), [])
             is_branch = row.ancestor_timeline_id is not None
             if (not row.wal_source and not is_branch) or row.state not in ("active",):
@@ -125,11 +132,13 @@ class PageReadManager:
                                wait_timeout=float(cfg.wait_lsn_timeout),
                                redo=lambda chains, k=key: self._redo_chains(k, chains),  # type: ignore[misc]
                                cache_pages=cfg.page_cache_pages,
-                               max_tail_bytes=cfg.max_tail_bytes)
+                               max_tail_bytes=cfg.max_tail_bytes,
+                               refresh=lambda lsn, k=key: self._reload_now(k, lsn))  # type: ignore[misc]
             r.apply_layer_map(row.layers_version, rows, row.disk_consistent_lsn)
+            r.leases = leases
             if ancestor is not None:
                 assert row.ancestor_lsn is not None
-                r.ancestor, r.ancestor_lsn = ancestor, row.ancestor_lsn
+                r.set_ancestor(ancestor, row.ancestor_lsn)
             raw = r.image(controlfile_key(), Lsn(Lsn.MAX - 1))
             self._ctx[key] = RedoContext.from_control_file(raw) if raw else RedoContext()
             self.readers[key] = r
@@ -143,10 +152,14 @@ class PageReadManager:
                      row.layers_version, tenant, timeline)
             return r
 
-    def _load_rows(self, tenant: TenantId,
-                   timeline: TimelineId) -> tuple[repo.TimelineRecord, list[repo.LayerRecord]]:
+    def _load_rows(self, tenant: TenantId, timeline: TimelineId
+                   ) -> tuple[repo.TimelineRecord, list[LayerDesc], set[int]]:
+        """The timeline row and its layers (one snapshot), and its active lease LSNs."""
         with self.sessions.begin() as s:
-            return repo.read_layer_map(s, tenant, timeline)
+            row, rows = repo.read_layer_map(s, tenant, timeline)
+            leases = repo.active_leases(s, tenant, timeline,
+                                        datetime.datetime.now(datetime.UTC))
+        return row, rows, {int(x) for x in leases}
 
     def _forget(self, tenant: TenantId, timeline: TimelineId) -> None:
         """The timeline is gone from the catalog (deleted): stop serving it."""
@@ -161,19 +174,42 @@ class PageReadManager:
             follower.request_stop()
         self._ctx.pop(key, None)
 
+    def _reload_now(self, key: tuple[TenantId, TimelineId], lsn: Lsn) -> bool:
+        """A read found a layer file gone (compaction or GC removed it after the map was
+        read): reload the map now, in the reading thread (the event loop or a backup's
+        worker), before the notification's reload comes.  Only the layer map is replaced
+        here (it is thread-safe); the rest of apply_layer_map follows on the event loop.
+        True if the map changed (then the read retries)."""
+        r = self.readers.get(key)
+        if r is None or self._loop is None:
+            return False
+        row, rows, leases = self._load_rows(*key)
+        applied = r.layers.replace(rows, row.layers_version)
+        if lsn < row.gc_cutoff_lsn and int(lsn) not in leases:
+            raise LsnOutOfRange(
+                f"tried to request a page version that was garbage collected. requested at "
+                f"{lsn} gc cutoff {row.gc_cutoff_lsn}")
+        if applied:
+            log.info("layer map reloaded after a missing layer file layers=%d "
+                     "layers_version=%d", len(rows), row.layers_version)
+        self._loop.call_soon_threadsafe(r.apply_layer_map, row.layers_version, rows,
+                                        row.disk_consistent_lsn)
+        return applied
+
     async def reload_layers(self, r: TimelineReader) -> None:
         """Read the timeline's layer map from the catalog and apply it if newer.  One
         reload of a timeline at a time: a later one always reads a later snapshot."""
         key = (r.tenant_id, r.timeline_id)
         async with self._reloading.setdefault(key, asyncio.Lock()):
             try:
-                row, rows = await asyncio.to_thread(self._load_rows, r.tenant_id,
+                row, rows, leases = await asyncio.to_thread(self._load_rows, r.tenant_id,
                                                     r.timeline_id)
             except TimelineNotFound:
                 self._forget(r.tenant_id, r.timeline_id)
                 raise
             if r.apply_layer_map(row.layers_version, rows, row.disk_consistent_lsn):
                 r.gc_cutoff_lsn = row.gc_cutoff_lsn
+                r.leases = leases
                 log.debug("layer map reloaded layers=%d layers_version=%d "
                           "disk_consistent_lsn=%s", len(rows), row.layers_version,
                           row.disk_consistent_lsn)
@@ -255,15 +291,22 @@ class PageReadManager:
         with contextlib.suppress(TimelineNotFound):
             await self.reload_layers(r)
 
-    async def add_lease(self, r: TimelineReader, lsn: int, until: object) -> None:
-        from pagestore.catalog.models import LsnLease
+    async def grant_lease(self, r: TimelineReader, lsn: Lsn) -> datetime.datetime | None:
+        """Hold GC back at ``lsn`` for the tenant's lsn_lease_length; the expiry, or None
+        when the LSN is below the GC cutoff already."""
 
-        def write() -> None:
+        def write() -> datetime.datetime | None:
             with self.sessions.begin() as s:
-                s.merge(LsnLease(tenant_id=str(r.tenant_id), timeline_id=str(r.timeline_id),
-                                 lsn=Lsn(lsn), valid_until=until))
+                settings = tenant_settings(self.config.tenant,
+                                           repo.get_tenant_config(s, r.tenant_id))
+                until = datetime.datetime.now(datetime.UTC) + datetime.timedelta(
+                    seconds=float(settings.lsn_lease_length))
+                return repo.grant_lease(s, r.tenant_id, r.timeline_id, lsn, until)
 
-        await asyncio.to_thread(write)
+        until = await asyncio.to_thread(write)
+        if until is not None:
+            r.leases.add(int(lsn))
+        return until
 
     # ------------------------------------------------------------------ redo
     async def _redo_chains(self, key: tuple[TenantId, TimelineId],

@@ -11,7 +11,6 @@ inside the response, and ends the stream only for errors that are not the reques
 
 from __future__ import annotations
 
-import datetime
 import logging
 import sys
 from typing import TYPE_CHECKING, Any
@@ -44,7 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LEASE_LENGTH = datetime.timedelta(minutes=10)
 STATUS_BY_CODE = {
     grpc.StatusCode.NOT_FOUND: pb.GET_PAGE_STATUS_CODE_NOT_FOUND,
     grpc.StatusCode.INVALID_ARGUMENT: pb.GET_PAGE_STATUS_CODE_INVALID_REQUEST,
@@ -177,12 +175,13 @@ class PageService(page_service_pb2_grpc.PageServiceServicer):
         r = await self._reader(context)
         if not request.lsn:
             raise BadRequest("required field 'lsn' is missing")
-        if request.lsn < r.gc_cutoff_lsn:
+        until = await self.manager.grant_lease(r, Lsn(request.lsn))
+        if until is None:
             from pagestore.errors import FailedPrecondition
 
-            raise FailedPrecondition(f"cannot lease LSN below the GC cutoff {r.gc_cutoff_lsn}")
-        until = datetime.datetime.now(datetime.UTC) + LEASE_LENGTH
-        await self.manager.add_lease(r, request.lsn, until)
+            await self.manager.reload_layers(r)
+            raise FailedPrecondition(f"cannot lease LSN {Lsn(request.lsn)}: it is below the "
+                                     f"GC cutoff {r.gc_cutoff_lsn}")
         ts = Timestamp()
         ts.FromDatetime(until)
         return pb.LeaseLsnResponse(expires=ts)

@@ -25,32 +25,26 @@ import logging
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
-from pagestore import metadata, values
 from pagestore.errors import BadRequest, LsnOutOfRange, LsnTimeout, NotFound
 from pagestore.keys import (
     BLCKSZ,
-    DEFAULTTABLESPACE_OID,
-    ForkNumber,
     Key,
     RelTag,
     SlruKind,
     rel_block_key,
-    rel_dir_key,
-    rel_size_key,
     slru_block_key,
-    slru_segment_size_key,
 )
 from pagestore.layers.inmemory import InMemoryLayer
-from pagestore.layers.layermap import ValueChain
 from pagestore.lsn import Lsn
+from pagestore.timeline import TimelineView
 from pagestore.waiting import LsnWaiter
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from pagestore.catalog.repo import LayerRecord
     from pagestore.ids import TenantId, TimelineId
-    from pagestore.layers.layermap import LayerMap
+    from pagestore.layers.desc import LayerDesc
+    from pagestore.layers.layermap import LayerMap, ValueChain
 
 log = logging.getLogger(__name__)
 
@@ -152,37 +146,59 @@ class PageCache:
 
 
 class TimelineReader:
+    """The page-read service's state for one timeline: its TimelineView (layer files,
+    the recent tail as the view's in-memory source, the ancestor), LSN waits, the page
+    cache and the redo strategy (batches to the redo service)."""
+
     def __init__(self, tenant_id: TenantId, timeline_id: TimelineId, layers: LayerMap, *,
                  min_readable_lsn: Lsn, gc_cutoff_lsn: Lsn, wait_timeout: float,
                  redo: Callable[[list[ValueChain]], Awaitable[list[bytes | Exception]]],
-                 cache_pages: int, max_tail_bytes: int | None = None) -> None:
+                 cache_pages: int, max_tail_bytes: int | None = None,
+                 refresh: Callable[[Lsn], bool] | None = None) -> None:
         self.tenant_id = tenant_id
         self.timeline_id = timeline_id
         self.layers = layers
         self.tail = RecentTail() if max_tail_bytes is None else RecentTail(
             max(64 * 1024, min(CHUNK_BYTES, max_tail_bytes // 8)))
-        self.layers_version = -1  # of the layer map held (apply_layer_map)
+        self.view = TimelineView(layers, sources=self._tail_chunks, refresh=refresh)
+        self.layers_version = -1  # of the last map applied (apply_layer_map)
         self.layers_disk_consistent_lsn = Lsn.INVALID
         self.layers_changed = asyncio.Event()  # set by every apply_layer_map
         self.min_readable_lsn = min_readable_lsn
         self.gc_cutoff_lsn = gc_cutoff_lsn
+        self.leases: set[int] = set()  # LSNs with an active lease (readable below the cutoff)
         self.wait_timeout = wait_timeout
         self._redo = redo
         self.cache = PageCache(cache_pages)
-        # A branch: versions at or below ancestor_lsn come from the ancestor timeline.
         self.ancestor: TimelineReader | None = None
-        self.ancestor_lsn = Lsn.INVALID
 
+    def _tail_chunks(self) -> list[InMemoryLayer]:
+        return self.tail.chunks
+
+    def set_ancestor(self, ancestor: TimelineReader, ancestor_lsn: Lsn) -> None:
+        """A branch: versions at or below ancestor_lsn come from the ancestor timeline."""
+        self.ancestor = ancestor
+        self.view.ancestor = ancestor.view
+        self.view.ancestor_lsn = ancestor_lsn
+
+    # the read path (pagestore.timeline) -------------------------------------
     def chain(self, key: Key, lsn: Lsn) -> ValueChain:
-        """The versions that rebuild ``key`` as of ``lsn``: this timeline's tail and
-        layers, then, for a branch whose own history does not go back far enough, the
-        ancestor's as of the branch point (recursively)."""
-        chain = self.layers.get(key, lsn, self.tail.chunks)
-        if self.ancestor is None or chain.image is not None or (
-                chain.records and values.will_init(chain.records[0][1])):
-            return chain
-        base = self.ancestor.chain(key, Lsn(min(lsn, self.ancestor_lsn)))
-        return ValueChain(key, lsn, base.image, base.image_lsn, [*base.records, *chain.records])
+        return self.view.chain(key, lsn)
+
+    def image(self, key: Key, lsn: Lsn) -> bytes | None:
+        return self.view.image(key, lsn)
+
+    def rel_size(self, rel: RelTag, lsn: Lsn, *, allow_missing: bool = False) -> int | None:
+        return self.view.rel_size(rel, lsn, allow_missing=allow_missing)
+
+    def rel_exists(self, rel: RelTag, lsn: Lsn) -> bool:
+        return self.view.rel_exists(rel, lsn)
+
+    def list_relations(self, spcnode: int, dbnode: int, lsn: Lsn) -> list[tuple[RelTag, int]]:
+        return self.view.list_relations(spcnode, dbnode, lsn)
+
+    def db_size(self, dbnode: int, lsn: Lsn) -> int:
+        return self.view.db_size(dbnode, lsn)
 
     # ------------------------------------------------------------------ LSNs
     @property
@@ -199,15 +215,15 @@ class TimelineReader:
             raise LsnTimeout(f"LSN timeout: timed out after {timeout:.1f}s waiting for WAL up "
                              f"to {lsn} (last record {self.tail.last_record_lsn})")
 
-    def apply_layer_map(self, version: int, layers: list[LayerRecord],
+    def apply_layer_map(self, version: int, layers: list[LayerDesc],
                         disk_consistent_lsn: Lsn) -> bool:
         """Take a layer map read from the catalog, if it is newer than the one held (an
         older read finishing late never replaces a newer map); the tail then forgets what
         the map's layers hold, and reads up to its disk_consistent_lsn need no WAL from
         the tail.  True if applied."""
+        self.layers.replace(layers, version)  # refused if a read's reload took it already
         if version <= self.layers_version:
             return False
-        self.layers.replace(layers)
         self.layers_version = version
         self.layers_disk_consistent_lsn = disk_consistent_lsn
         self.tail.drop_through(disk_consistent_lsn)
@@ -224,7 +240,7 @@ class TimelineReader:
         if request_lsn < not_modified_since:
             raise BadRequest(f"invalid request with request LSN {Lsn(request_lsn)} and "
                              f"not_modified_since {Lsn(not_modified_since)}")
-        if request_lsn < self.gc_cutoff_lsn:
+        if request_lsn < self.gc_cutoff_lsn and request_lsn not in self.leases:
             raise LsnOutOfRange(f"tried to request a page version that was garbage "
                                 f"collected. requested at {Lsn(request_lsn)} gc cutoff "
                                 f"{self.gc_cutoff_lsn}")
@@ -241,60 +257,8 @@ class TimelineReader:
         return effective
 
     # ------------------------------------------------------------------ metadata
-    def image(self, key: Key, lsn: Lsn) -> bytes | None:
-        """A metadata key's value as of ``lsn`` (None: absent, or a tombstone)."""
-        chain = self.chain(key, lsn)
-        if chain.records:
-            data = values.image_bytes(chain.records[-1][1])
-        elif chain.image is not None:
-            data = chain.image
-        else:
-            return None
-        return data if data else None
-
-    def rel_size(self, rel: RelTag, lsn: Lsn, *, allow_missing: bool = False) -> int | None:
-        """Blocks in a relation fork.
-
-        With ``allow_missing`` (page_api's GetRelSize, the compute's Exists): None when
-        the fork does not exist, as the relation directory says -- for every fork.
-        Without it (Nblocks, GetPage): a missing FSM or VM fork is 0 blocks (PostgreSQL
-        calls smgrnblocks on an FSM fork it created but never extended, as Neon answers);
-        a missing main or init fork is NotFound."""
-        if rel.relnode == 0:
-            raise BadRequest(f"invalid relation {rel}: relnode 0")
-        if allow_missing and not self.rel_exists(rel, lsn):
-            return None
-        raw = self.image(rel_size_key(rel), lsn)
-        if raw is None:
-            if allow_missing or rel.forknum in (ForkNumber.FSM, ForkNumber.VISIBILITYMAP):
-                return 0
-            raise NotFound(f"Not found: relation {rel} does not exist at {lsn}")
-        return metadata.decode_nblocks(raw)
-
-    def rel_exists(self, rel: RelTag, lsn: Lsn) -> bool:
-        if rel.relnode == 0:
-            raise BadRequest(f"invalid relation {rel}: relnode 0")
-        raw = self.image(rel_dir_key(rel.spcnode, rel.dbnode), lsn)
-        return raw is not None and (rel.relnode, rel.forknum) in metadata.decode_reldir(raw)
-
-    def list_relations(self, spcnode: int, dbnode: int, lsn: Lsn) -> list[tuple[RelTag, int]]:
-        raw = self.image(rel_dir_key(spcnode, dbnode), lsn)
-        out = []
-        for relnode, fork in sorted(metadata.decode_reldir(raw) if raw else set()):
-            rel = RelTag(spcnode, dbnode, relnode, fork)
-            size = self.image(rel_size_key(rel), lsn)
-            out.append((rel, metadata.decode_nblocks(size) if size else 0))
-        return out
-
-    def db_size(self, dbnode: int, lsn: Lsn) -> int:
-        return sum(n for _, n in self.list_relations(DEFAULTTABLESPACE_OID, dbnode, lsn)) * BLCKSZ
-
     async def slru_segment(self, kind: SlruKind, segno: int, lsn: Lsn) -> bytes:
-        raw = self.image(slru_segment_size_key(kind, segno), lsn)
-        if raw is None:
-            raise NotFound(f"Not found: SLRU segment {kind.directory}/{segno:04X} does not "
-                           f"exist at {lsn}")
-        n = metadata.decode_nblocks(raw)
+        n = self.view.slru_segment_blocks(kind, segno, lsn)
         pages = await self.pages([slru_block_key(kind, segno, b) for b in range(n)], lsn)
         return b"".join(p[:BLCKSZ] for p in pages)
 

@@ -19,7 +19,7 @@ from pagestore.errors import (
 from pagestore.ids import TenantId, TimelineId
 from pagestore.lsn import Lsn
 
-TABLES = {"tenants", "timelines", "layers", "lsn_leases"}
+TABLES = {"tenants", "timelines", "layers", "lsn_leases", "lsn_history"}
 
 
 @pytest.fixture

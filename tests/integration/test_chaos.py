@@ -36,6 +36,7 @@ from tests.integration.test_ingest_service import (
     attach,
     compare_with_reference,
     image_layer_lsn,
+    quiesce_housekeeping,
     status,
 )
 
@@ -200,4 +201,5 @@ def test_chaos_kills_and_restarts_lose_nothing(stack: StackRunner, pg_factory,
     # Every value of every record from the base backup on is stored exactly once: no
     # gap and no overlap between layers however the flushes were cut short.
     tl_dir = stack.workdir / "tenants" / tenant / "timelines" / timeline
+    quiesce_housekeeping(stack, tenant, timeline)
     compare_with_reference(primary, tl_dir, image_layer_lsn(tl_dir))

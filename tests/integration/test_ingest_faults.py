@@ -25,6 +25,7 @@ from tests.integration.test_ingest_service import (
     attach,
     compare_with_reference,
     image_layer_lsn,
+    quiesce_housekeeping,
     status,
 )
 
@@ -149,6 +150,7 @@ def test_ingest_faults_lose_nothing(stack: StackRunner, pg_factory, work_dir: Pa
     kinds = relation_kinds(primary)
     result = stop_primary_and_compare(stack, primary, tenant, timeline, standby_base,
                                       work_dir, kinds)
+    quiesce_housekeeping(stack, tenant, timeline)
     compare_with_reference(primary, tl_dir, image_layer_lsn(tl_dir))
     assert not result.mismatches, "\n".join(result.mismatches)
     assert result.compared["main"] > 100

@@ -20,6 +20,7 @@ from pagestore.layers.delta import DeltaLayerReader
 from pagestore.layers.layermap import LayerMap
 from pagestore.pg.controlfile import ControlFile
 from pagestore.pg.walfiles import find_segments, read_wal_records
+from pagestore.timeline import TimelineView
 from services.ingest.importer import import_datadir
 from services.ingest.timeline import IngestSettings, TimelineIngest, load_state
 from services.ingest.walingest import WalIngest
@@ -74,9 +75,7 @@ def test_import_and_ingest_match_the_primary(pg_factory, sessions, work_dir: Pat
     assert imported.relations > 100 and imported.pages > 100
     with sessions.begin() as s:
         info = imported.layer
-        repo.add_layer(s, tenant, timeline, repo.LayerRecord(
-            "image", 0, info.key_start.to_bytes(), info.key_end.to_bytes(), info.lsn_start,
-            info.lsn_end, info.file_name, info.file_size, info.checksum))
+        repo.add_layer(s, tenant, timeline, info.desc())
         repo.update_timeline(s, tenant, timeline, disk_consistent_lsn=start,
                              last_record_lsn=start, min_readable_lsn=start)
 
@@ -104,7 +103,7 @@ def test_import_and_ingest_match_the_primary(pg_factory, sessions, work_dir: Pat
 
     # The state rebuilt from the layer files equals the state ingest kept in memory.
     layermap = LayerMap(tl_dir, layers)
-    rebuilt = load_state(layermap, final)
+    rebuilt = load_state(TimelineView(layermap), final)
     live = tli.walingest.state
     assert rebuilt.dbdir == live.dbdir and rebuilt.reldirs == live.reldirs
     assert rebuilt.relsizes == live.relsizes

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from pagestore import metadata, values
-from pagestore.catalog.repo import LayerRecord
 from pagestore.errors import NotFound
 from pagestore.ids import TenantId, TimelineId
 from pagestore.keys import ForkNumber, RelTag, rel_block_key, rel_dir_key, rel_size_key
+from pagestore.layers.desc import LayerDesc
 from pagestore.layers.layermap import LayerMap
 from pagestore.lsn import Lsn
 from services.pageread.timeline import RecentTail, TimelineReader
@@ -73,8 +73,8 @@ def test_a_record_is_never_split_across_chunks() -> None:
     assert k2 in tail.chunks[0].entries
 
 
-def _layer(name: str, lsn_start: int, lsn_end: int) -> LayerRecord:
-    return LayerRecord("delta", 0, b"\x00" * 18, b"\xff" * 18, Lsn(lsn_start), Lsn(lsn_end),
+def _layer(name: str, lsn_start: int, lsn_end: int) -> LayerDesc:
+    return LayerDesc("delta", 0, b"\x00" * 18, b"\xff" * 18, Lsn(lsn_start), Lsn(lsn_end),
                        name, 1, 0)
 
 

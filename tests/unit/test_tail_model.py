@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from pagestore import values
-from pagestore.catalog.repo import LayerRecord
 from pagestore.ids import TenantId, TimelineId
 from pagestore.keys import KEY_MAX, KEY_MIN, Key, RelTag, rel_block_key
 from pagestore.layers.delta import DeltaLayerWriter
+from pagestore.layers.desc import LayerDesc
 from pagestore.layers.layermap import LayerMap
 from pagestore.lsn import Lsn
 from services.pageread.timeline import RecentTail, TimelineReader
@@ -39,7 +39,7 @@ class Ingest:
     pos: int = 0             # next record to ingest
     dcl: int = BASE          # disk_consistent_lsn (catalog)
     memory: list[tuple[int, Key, bytes]] = field(default_factory=list)
-    layers: list[LayerRecord] = field(default_factory=list)
+    layers: list[LayerDesc] = field(default_factory=list)
     version: int = 0
     subscribed: bool = False
     queue: list[tuple[list[tuple[bytes, int, bytes]], int]] = field(default_factory=list)
@@ -65,10 +65,7 @@ class Ingest:
                 for lsn, key, value in sorted(self.memory, key=lambda x: (x[1], x[0])):
                     w.put(key, Lsn(lsn), value, values.will_init(value))
                 info = w.finish()
-            self.layers.append(LayerRecord("delta", 0, info.key_start.to_bytes(),
-                                           info.key_end.to_bytes(), info.lsn_start,
-                                           info.lsn_end, info.file_name, info.file_size,
-                                           info.checksum))
+            self.layers.append(info.desc())
         self.version += 1  # a flush without values still moves the map (commit_flush)
         self.dcl = self.last
         self.memory = []
@@ -130,9 +127,7 @@ def test_reads_see_every_version_exactly_once(tmp_path: Path, seed: int) -> None
         for k in KEYS:
             w.put(k, Lsn(BASE), values.image(b"\xff" * 8192), True)
         info = w.finish()
-    ing.layers.append(LayerRecord("delta", 0, info.key_start.to_bytes(), info.key_end.to_bytes(),
-                                  info.lsn_start, info.lsn_end, info.file_name, info.file_size,
-                                  info.checksum))
+    ing.layers.append(info.desc())
     wal.insert(0, (BASE, [(k, values.image(b"\xff" * 8192)) for k in KEYS]))
     ing.pos = 1
 
@@ -144,7 +139,7 @@ def test_reads_see_every_version_exactly_once(tmp_path: Path, seed: int) -> None
                        redo=no_redo, cache_pages=0)
     r.tail = RecentTail(chunk_bytes=rng.choice((20_000, 200_000, 10**9)))
     r.apply_layer_map(ing.version, list(ing.layers), Lsn(ing.dcl))
-    snapshots: list[tuple[int, list[LayerRecord], int]] = []  # catalog reads not applied yet
+    snapshots: list[tuple[int, list[LayerDesc], int]] = []  # catalog reads not applied yet
 
     for _step in range(600):
         event = rng.random()

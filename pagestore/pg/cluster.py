@@ -22,6 +22,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,6 +95,24 @@ def give_to_server_user(path: Path) -> None:
     if running_as_root():
         pw = pwd.getpwnam(POSTGRES_OS_USER)
         os.chown(path, pw.pw_uid, pw.pw_gid)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Is the process running (a zombie waiting to be reaped counts as gone)?"""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        return state != b"Z"
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
 
 @dataclass(slots=True)
@@ -199,7 +218,8 @@ class PgCluster:
         log.info("postgres started datadir=%s port=%d", self.datadir, self.port)
 
     def stop(self, mode: str = "fast", timeout: float = 60) -> None:
-        if not self.is_running():
+        pid = self.pid()
+        if pid is None:
             return
         try:
             self._run([self.bin("pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w",
@@ -211,6 +231,12 @@ class PgCluster:
             log.warning("pg_ctl stop -m %s failed; stopping immediately datadir=%s",
                         mode, self.datadir)
             self.stop("immediate", timeout)
+            return
+        # pg_ctl returns once postmaster.pid is gone; the postmaster removes it just
+        # before it exits.  Stopped means the process is gone too.
+        deadline = time.monotonic() + timeout
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def pid(self) -> int | None:
         """The postmaster's pid from postmaster.pid, if it is alive."""

@@ -186,16 +186,6 @@ def _bump_layers_version(session: Session, tenant_id: TenantId, timeline_id: Tim
     return int(version)
 
 
-def get_layer(session: Session, tenant_id: TenantId, timeline_id: TimelineId,
-              file_name: str) -> LayerDesc | None:
-    """The registered layer of that file name, if any."""
-    row = session.scalar(
-        sa.select(Layer)
-        .where(Layer.tenant_id == str(tenant_id), Layer.timeline_id == str(timeline_id),
-               Layer.file_name == file_name, Layer.local_state != "deleted"))
-    return None if row is None else _layer_desc(row)
-
-
 def commit_flush(session: Session, tenant_id: TenantId, timeline_id: TimelineId, *,
                  layer: LayerDesc | None, lsn_start: Lsn, disk_consistent_lsn: Lsn,
                  prev_record_lsn: Lsn) -> int | None:

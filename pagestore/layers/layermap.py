@@ -216,9 +216,6 @@ class LayerMap:
             if version is not None and version == self.version + 1:
                 self.version = version
 
-    def has(self, file_name: str) -> bool:
-        return file_name in self._index.names
-
     def replace(self, layers: Sequence[LayerDesc], version: int) -> bool:
         """Take a layer map read from the catalog at ``version``, unless the map held is
         as new already (a late read never replaces a newer map).  Readers of files that

@@ -259,7 +259,7 @@ def test_pitr_window_branches_and_leases(stack: StackRunner, pg_factory, work_di
     assert bad.returncode != 0 and "tenant.gc_horizon" in bad.stderr
 
 
-def layer_files(stack: StackRunner, tenant: str, timeline: str) -> set[str]:
+def files_on_disk(stack: StackRunner, tenant: str, timeline: str) -> set[str]:
     """Complete layer files in the timeline's directory (not temporary ones)."""
     directory = stack.workdir / "tenants" / tenant / "timelines" / timeline
     return {p.name for p in directory.iterdir() if "__" in p.name and "___temp" not in p.name}
@@ -294,10 +294,10 @@ def test_housekeeping_killed_or_failing_loses_nothing(stack: StackRunner, pg_fac
                      "--force-images", check=False).returncode != 0
     stack.run("start")  # housekeeping again (status goes through it)
     assert registered(stack, tenant, timeline) == before, "nothing was registered"
-    assert len(layer_files(stack, tenant, timeline)) > before, "its files are left behind"
+    assert len(files_on_disk(stack, tenant, timeline)) > before, "its files are left behind"
     done = compact(stack, tenant, timeline, "--force-images")
     assert done["l0_compacted"] >= 3 and done["images_created"] >= 1, done
-    assert len(layer_files(stack, tenant, timeline)) == registered(stack, tenant, timeline)
+    assert len(files_on_disk(stack, tenant, timeline)) == registered(stack, tenant, timeline)
     assert read_forks(c, db, at) == reference
 
     # GC fails before its commit: nothing changes; then it works.
@@ -308,7 +308,7 @@ def test_housekeeping_killed_or_failing_loses_nothing(stack: StackRunner, pg_fac
     # A `return` failpoint stands for an unexpected error: INTERNAL, logged with its trace.
     assert failed.returncode != 0 and "internal error" in failed.stderr, failed.stderr
     assert status(stack, tenant, timeline)["gc_cutoff_lsn"] == cutoff
-    assert len(layer_files(stack, tenant, timeline)) == registered(stack, tenant, timeline)
+    assert len(files_on_disk(stack, tenant, timeline)) == registered(stack, tenant, timeline)
 
     # Killed after the swap, before unlinking the layers it replaced.
     stack.run("failpoint", "housekeeping", "housekeeping-after-swap", "1*kill")
@@ -316,10 +316,10 @@ def test_housekeeping_killed_or_failing_loses_nothing(stack: StackRunner, pg_fac
                      check=False).returncode != 0
     stack.run("start")
     assert Lsn.parse(status(stack, tenant, timeline)["gc_cutoff_lsn"]) >= at, "GC committed"
-    left = len(layer_files(stack, tenant, timeline)) - registered(stack, tenant, timeline)
+    left = len(files_on_disk(stack, tenant, timeline)) - registered(stack, tenant, timeline)
     assert left >= 1, "the replaced files are still on disk"
     compact(stack, tenant, timeline)  # sweeps before it works
-    assert len(layer_files(stack, tenant, timeline)) == registered(stack, tenant, timeline)
+    assert len(files_on_disk(stack, tenant, timeline)) == registered(stack, tenant, timeline)
     assert read_forks(c, db, at) == reference
     c.close()
     loops = {(lp["service"], lp["name"]): lp for lp in status(stack, tenant, timeline)["loops"]}

@@ -30,7 +30,7 @@ from pagestore.lsn import Lsn
 from pagestore.stack import Stack
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Iterator, Sequence
 
 log = logging.getLogger("pagestore.cli")
 
@@ -64,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant-id", help="32 hex chars (default: generated)")
     p = tcmds.add_parser("list", parents=[common], help="list tenants")
     p.add_argument("--json", action="store_true")
+    p = tcmds.add_parser("attach", parents=[common],
+                         help="rebuild a tenant from remote storage here and resume its ingest")
+    p.add_argument("tenant_id", metavar="TENANT")
+    p.add_argument("--warm", action="store_true",
+                   help="download every layer now (default: on demand, when reads need them)")
+    p = tcmds.add_parser("detach", parents=[common],
+                         help="upload what is missing, then drop the local copy of a tenant")
+    p.add_argument("tenant_id", metavar="TENANT")
+    p.add_argument("--force", action="store_true",
+                   help="detach even if something could not be uploaded (it is lost)")
     p = tcmds.add_parser("config", parents=[common],
                          help="show a tenant's settings, or change them: KEY=VALUE ...")
     p.add_argument("--tenant", required=True, help="tenant id")
@@ -104,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = lcmds.add_parser("gc", parents=[common],
                          help="garbage-collect layers below the GC cutoff now; waits for it")
+    p.add_argument("--tenant", required=True, help="tenant id")
+    p.add_argument("--timeline", required=True, help="timeline id")
+    p.add_argument("--json", action="store_true")
+    p = lcmds.add_parser("upload", parents=[common],
+                         help="upload new layers and the index to remote storage now")
     p.add_argument("--tenant", required=True, help="tenant id")
     p.add_argument("--timeline", required=True, help="timeline id")
     p.add_argument("--json", action="store_true")
@@ -171,14 +186,49 @@ def _call(stack: Stack, method: str, request: Any, timeout: float | None = 30, *
     try:
         return getattr(stub, method)(request, timeout=timeout)
     except grpc.RpcError as e:
-        from_service = any(getattr(m, "key", None) == ERROR_CLASS_METADATA_KEY
-                           for m in e.trailing_metadata() or ())
-        if e.code() == grpc.StatusCode.UNAVAILABLE and not from_service:
-            raise Unavailable(f"the {service} service at {addr} is not reachable: is the "
-                              f"stack in {stack.workdir} running? (pagestore start)") from None
-        raise from_rpc_error(e) from None
+        raise _rpc_failure(e, stack, service, addr) from None
     finally:
         ch.close()
+
+
+def _rpc_failure(e: grpc.RpcError, stack: Stack, service: str, addr: str) -> Exception:
+    """The error to show for a failed RPC: the service's own, or "not running"."""
+    from_service = any(getattr(m, "key", None) == ERROR_CLASS_METADATA_KEY
+                       for m in e.trailing_metadata() or ())
+    if e.code() == grpc.StatusCode.UNAVAILABLE and not from_service:
+        return Unavailable(f"the {service} service at {addr} is not reachable: is the "
+                           f"stack in {stack.workdir} running? (pagestore start)")
+    return from_rpc_error(e)
+
+
+def _stream(stack: Stack, method: str, request: Any, timeout: float | None = None
+            ) -> Iterator[Any]:
+    """A server-streaming RPC of the housekeeping service: its messages as they come."""
+    from pagestore.proto import housekeeping_pb2_grpc
+
+    addr = stack.effective_config().service_addr("housekeeping")
+    with grpc.insecure_channel(addr) as ch:
+        stub: Any = housekeeping_pb2_grpc.HousekeepingStub(ch)
+        try:
+            yield from getattr(stub, method)(request, timeout=timeout)
+        except grpc.RpcError as e:
+            raise _rpc_failure(e, stack, "housekeeping", addr) from None
+
+
+def _show_progress(messages: Iterable[Any]) -> Any:
+    """Print each progress line (with bytes done of total when given); returns the
+    TenantInfo of the last message."""
+    result = None
+    for m in messages:
+        line = m.message
+        if m.total_bytes:
+            line += f"  [{m.done_bytes / 1e6:.1f} of {m.total_bytes / 1e6:.1f} MB]"
+        elif m.done_bytes:
+            line += f"  [{m.done_bytes / 1e6:.1f} MB]"
+        print(line, flush=True)
+        if m.HasField("tenant"):
+            result = m.tenant
+    return result
 
 
 def _parse_id(cls: type[TenantId] | type[TimelineId], text: str, option: str) -> str:
@@ -215,6 +265,8 @@ def _status_json(t: Any) -> dict[str, Any]:
                    "restart_lsn": str(Lsn(t.slot.restart_lsn)) if t.slot.restart_lsn else None,
                    "note": t.slot.note}
     out["layers"] = {st.kind: {"count": st.count, "bytes": st.bytes} for st in t.layers}
+    out["generation"] = t.generation
+    out["layers_not_uploaded"] = t.layers_not_uploaded
     return out
 
 
@@ -269,6 +321,16 @@ def cmd_tenant(args: argparse.Namespace) -> int:
         info = _call(stack, "CreateTenant", housekeeping_pb2.CreateTenantRequest(tenant_id=tid))
         print(info.tenant_id)
         return 0
+    if args.tenant_command == "attach":
+        tid = _parse_id(TenantId, args.tenant_id, "TENANT")
+        _show_progress(_stream(stack, "AttachTenant",
+                               housekeeping_pb2.AttachTenantRequest(tenant_id=tid, warm=args.warm)))
+        return 0
+    if args.tenant_command == "detach":
+        tid = _parse_id(TenantId, args.tenant_id, "TENANT")
+        _show_progress(_stream(stack, "DetachTenant", housekeeping_pb2.DetachTenantRequest(
+            tenant_id=tid, force=args.force)))
+        return 0
     if args.tenant_command == "config":
         tid = _parse_id(TenantId, args.tenant, "--tenant")
         if args.settings or args.reset:
@@ -294,11 +356,13 @@ def cmd_tenant(args: argparse.Namespace) -> int:
     resp = _call(stack, "ListTenants", housekeeping_pb2.ListTenantsRequest())
     if args.json:
         print(json.dumps([{"tenant_id": t.tenant_id, "state": t.state,
+                           "generation": t.generation,
                            "created_at": t.created_at.ToJsonString()} for t in resp.tenants],
                          indent=2))
     else:
         for t in resp.tenants:
-            print(f"{t.tenant_id}  {t.state}  {t.created_at.ToJsonString()}")
+            print(f"{t.tenant_id}  {t.state}  generation {t.generation}  "
+                  f"{t.created_at.ToJsonString()}")
     return 0
 
 
@@ -356,6 +420,18 @@ def cmd_timeline(args: argparse.Namespace) -> int:
                   "bytes_written": r.bytes_written, "elapsed_s": round(r.elapsed_seconds, 3)}
         print(json.dumps(report, indent=2) if args.json else
               " ".join(f"{k}={v}" for k, v in report.items()))
+        return 0
+    if args.timeline_command == "upload":
+        from pagestore.proto import common_pb2
+
+        tlid = _parse_id(TimelineId, args.timeline, "--timeline")
+        u = _call(stack, "UploadTimeline", common_pb2.TimelineRef(tenant_id=tenant,
+                                                                  timeline_id=tlid), timeout=None)
+        up = {"layers_uploaded": u.layers_uploaded, "bytes_uploaded": u.bytes_uploaded,
+              "objects_deleted": u.objects_deleted, "generation": u.generation,
+              "remote_consistent_lsn": str(Lsn(u.remote_consistent_lsn))}
+        print(json.dumps(up, indent=2) if args.json else
+              "  ".join(f"{k}={v}" for k, v in up.items()))
         return 0
     if args.timeline_command == "gc":
         from pagestore.proto import common_pb2

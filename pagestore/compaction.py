@@ -70,15 +70,19 @@ def l0_layers(layers: Iterable[LayerDesc]) -> list[LayerDesc]:
 
 
 def compact_level0(timeline_dir: Path, l0: Sequence[LayerDesc], target_size: int, *,
-                   check: Callable[[], None] | None = None) -> list[LayerDesc]:
+                   check: Callable[[], None] | None = None,
+                   open_layer: Callable[[LayerDesc], DeltaLayerReader] | None = None
+                   ) -> list[LayerDesc]:
     """Merge ``l0`` (oldest first, every one of them) into L1 deltas of about
     ``target_size`` bytes each over their whole LSN range; returns the new descriptors.
     The files are written and durable but not registered; on an error none is left.
-    ``check`` is called between partitions (a failpoint or a cancellation)."""
+    ``check`` is called between partitions (a failpoint or a cancellation); ``open_layer``
+    opens an input (default: the file in ``timeline_dir``)."""
     if len(l0) < 2:
         raise ValueError("compaction needs at least two L0 layers")
     lsn_start, lsn_end = l0[0].lsn_start, l0[-1].lsn_end
-    readers = [DeltaLayerReader(timeline_dir / d.file_name) for d in l0]
+    readers = [open_layer(d) if open_layer is not None
+               else DeltaLayerReader(timeline_dir / d.file_name) for d in l0]
     out: list[LayerDesc] = []
     writer: DeltaLayerWriter | None = None
     try:

@@ -106,6 +106,18 @@ class PageReadConfig:
         "service stops following ingest and reads wait for the next layer file."))
     max_blocks_per_request: int = field(default=1024, metadata=_doc(
         "Blocks one GetPages request may ask for; more is an invalid request."))
+    layer_disk_budget: int = field(default=0, metadata=_doc(
+        "With remote storage: bytes of layer files kept on local disk; the least recently\n"
+        "used uploaded layers beyond it are evicted (read again from remote storage).\n"
+        "0: no budget."))
+    eviction_period: Duration = field(default=Duration(5), metadata=_doc(
+        "How often the local layer files are checked against layer_disk_budget."))
+    ranged_reads: bool = field(default=True, metadata=_doc(
+        "With remote storage: read a layer that is not on local disk with ranged GETs of\n"
+        "the blocks a lookup needs (false: download the whole file first).  Every service\n"
+        "that opens layers follows this."))
+    download_after_reads: int = field(default=8, metadata=_doc(
+        "Ranged GETs of one layer after which it is downloaded whole, in the background."))
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +134,8 @@ class HousekeepingConfig:
         "gRPC address of the housekeeping service (tenants, timelines, compaction, GC)."))
     advertise_addr: str = field(default="", metadata=_doc(
         "Address other services use to reach it (empty: listen_addr)."))
+    upload_period: Duration = field(default=Duration(1), metadata=_doc(
+        "With remote storage: how often new layers and indexes are looked for and uploaded."))
 
 
 @dataclass(frozen=True, slots=True)

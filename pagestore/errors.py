@@ -18,6 +18,7 @@
      |    +-- CorruptLayerError
      |    +-- CorruptWalError
      +-- RemoteStorageError              S3/Azure/local remote storage (permanent or not)
+          +-- RemoteObjectNotFound       the object (or the bucket/container) is not there
 
 Each class carries the gRPC status code and the SQLSTATE it maps to; the transports map
 them only at their edges (pagestore.grpcutil for gRPC, the gateway for libpq
@@ -146,6 +147,11 @@ class RemoteStorageError(PagestoreError):
         self.permanent = permanent
 
 
+class RemoteObjectNotFound(RemoteStorageError):
+    def __init__(self, message: str, *, permanent: bool = True) -> None:
+        super().__init__(message, permanent=permanent)
+
+
 def error_class(name: str) -> type[PagestoreError] | None:
     """The registered exception class of that name, if any."""
     return _REGISTRY.get(name)
@@ -167,8 +173,8 @@ def from_rpc_error(err: grpc.RpcError) -> PagestoreError:
     if cls is None:
         code = err.code() if hasattr(err, "code") else None
         cls = _BY_CODE.get(code, PagestoreError) if code is not None else PagestoreError
-    if cls is RemoteStorageError:
-        return RemoteStorageError(message)
+    if cls is not None and issubclass(cls, RemoteStorageError):
+        return cls(message)
     return cls(message)
 
 

@@ -65,6 +65,10 @@ FAILPOINTS: dict[str, str] = {
                                "files are unlinked",
     "housekeeping-gc-before-commit": "housekeeping: in GC, before the cutoff and removals "
                                      "are committed",
+    "remote-upload": "any service: each put to remote storage fails (RemoteStorageError) "
+                     "before it is sent",
+    "remote-download": "any service: each get or download from remote storage fails "
+                       "(RemoteStorageError) before it is sent",
 }
 
 _ACTION = re.compile(r"(?:(\d+)\*)?(off|return|kill|pause|sleep\((\d+)\))")

@@ -24,11 +24,15 @@ from pagestore.config import Config, load_config
 from pagestore.errors import PagestoreError
 from pagestore.grpcutil import GrpcService
 from pagestore.logs import setup_logging
+from pagestore.remote import open_remote_storage
+from pagestore.remote.ondemand import LayerFiles
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
     import sqlalchemy as sa
+
+    from pagestore.remote.storage import RemoteStorage
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,10 @@ class ServiceContext:
     workdir: Path
     grpc: GrpcService
     catalog: sa.Engine | None = None
+    # Remote storage (None when off) and the layer opener that falls back on it; set for
+    # the services that use the catalog.
+    remote: RemoteStorage | None = None
+    layer_files: LayerFiles | None = None
 
 
 def _parse_args(name: str, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -86,6 +94,11 @@ def run_service(name: str, setup: Callable[[ServiceContext], Awaitable[None]], *
         ctx = ServiceContext(name=name, config=config, workdir=workdir, grpc=service)
         if uses_catalog:
             ctx.catalog = await asyncio.to_thread(open_catalog, config)
+            ctx.remote = await asyncio.to_thread(open_remote_storage, config.remote_storage)
+            if ctx.remote is not None:
+                log.info("remote storage: %s", ctx.remote.describe())
+            ctx.layer_files = LayerFiles(workdir, ctx.remote, ranged=config.pageread.ranged_reads,
+                                         download_after=config.pageread.download_after_reads)
         try:
             await setup(ctx)
             await service.start()
@@ -93,6 +106,10 @@ def run_service(name: str, setup: Callable[[ServiceContext], Awaitable[None]], *
         finally:
             if ctx.catalog is not None:
                 ctx.catalog.dispose()
+            if ctx.layer_files is not None:
+                ctx.layer_files.close()
+            if ctx.remote is not None:
+                ctx.remote.close()
 
     try:
         asyncio.run(main())

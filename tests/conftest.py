@@ -16,6 +16,7 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.stack",
     "tests.fixtures.proxy",
+    "tests.fixtures.remote",
     "tests.fixtures.waldump",
 ]
 

@@ -79,6 +79,9 @@ class Tenant(Base):
                                        server_default=sa.text("'active'"))
     config: Mapped[dict[str, Any]] = mapped_column(postgresql.JSONB(), nullable=False,
                                                    server_default=sa.text("'{}'::jsonb"))
+    # The attach generation (pagestore.remote.layout): names this node's remote objects.
+    generation: Mapped[int] = mapped_column(sa.Integer, nullable=False,
+                                            server_default=sa.text("1"))
     created_at: Mapped[datetime.datetime] = mapped_column(
         sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now())
 
@@ -155,6 +158,9 @@ class Layer(Base):
                                              server_default=sa.text("'present'"))
     remote_state: Mapped[str] = mapped_column(sa.String(16), nullable=False,
                                               server_default=sa.text("'none'"))
+    # The generation its remote copy is named with; 0 while not uploaded.
+    generation: Mapped[int] = mapped_column(sa.Integer, nullable=False,
+                                            server_default=sa.text("0"))
     created_at: Mapped[datetime.datetime] = mapped_column(
         sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now())
 

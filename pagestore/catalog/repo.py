@@ -37,6 +37,7 @@ class TenantRecord:
     tenant_id: TenantId
     state: str
     created_at: datetime.datetime
+    generation: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +69,8 @@ class TimelineRecord:
 
 
 def _tenant_record(row: Tenant) -> TenantRecord:
-    return TenantRecord(TenantId.parse(row.tenant_id), row.state, row.created_at)
+    return TenantRecord(TenantId.parse(row.tenant_id), row.state, row.created_at,
+                        row.generation)
 
 
 def _timeline_record(row: Timeline) -> TimelineRecord:
@@ -94,10 +96,11 @@ def _timeline_record(row: Timeline) -> TimelineRecord:
     )
 
 
-def create_tenant(session: Session, tenant_id: TenantId) -> TenantRecord:
+def create_tenant(session: Session, tenant_id: TenantId, *, generation: int = 1,
+                  config: dict[str, object] | None = None) -> TenantRecord:
     if session.get(Tenant, str(tenant_id)) is not None:
         raise AlreadyExists(f"tenant {tenant_id} already exists")
-    row = Tenant(tenant_id=str(tenant_id))
+    row = Tenant(tenant_id=str(tenant_id), generation=generation, config=config or {})
     session.add(row)
     session.flush()
     session.refresh(row)
@@ -159,22 +162,27 @@ def list_timelines(session: Session, tenant_id: TenantId) -> list[TimelineRecord
 
 def _layer_desc(row: Layer) -> LayerDesc:
     return LayerDesc(row.kind, row.level, bytes(row.key_start), bytes(row.key_end),
-                     row.lsn_start, row.lsn_end, row.file_name, row.file_size, row.checksum)
+                     row.lsn_start, row.lsn_end, row.file_name, row.file_size, row.checksum,
+                     generation=row.generation)
+
+
+def _layer_row(tenant_id: TenantId, timeline_id: TimelineId, d: LayerDesc) -> Layer:
+    return Layer(tenant_id=str(tenant_id), timeline_id=str(timeline_id), kind=d.kind,
+                 level=d.level, key_start=d.key_start, key_end=d.key_end,
+                 lsn_start=d.lsn_start, lsn_end=d.lsn_end, file_name=d.file_name,
+                 file_size=d.file_size, checksum=d.checksum, generation=d.generation,
+                 remote_state="uploaded" if d.uploaded else "none")
 
 
 def add_layer(session: Session, tenant_id: TenantId, timeline_id: TimelineId,
               layer: LayerDesc) -> int:
     """Register a layer file; bumps the timeline's layers_version and returns it."""
-    version = _bump_layers_version(session, tenant_id, timeline_id)
-    session.add(Layer(tenant_id=str(tenant_id), timeline_id=str(timeline_id), kind=layer.kind,
-                      level=layer.level, key_start=layer.key_start, key_end=layer.key_end,
-                      lsn_start=layer.lsn_start, lsn_end=layer.lsn_end,
-                      file_name=layer.file_name, file_size=layer.file_size,
-                      checksum=layer.checksum))
+    version = bump_layers_version(session, tenant_id, timeline_id)
+    session.add(_layer_row(tenant_id, timeline_id, layer))
     return version
 
 
-def _bump_layers_version(session: Session, tenant_id: TenantId, timeline_id: TimelineId) -> int:
+def bump_layers_version(session: Session, tenant_id: TenantId, timeline_id: TimelineId) -> int:
     """Move the timeline's layers_version on; returns the new version."""
     version = session.scalar(
         sa.update(Timeline)
@@ -217,7 +225,7 @@ def commit_flush(session: Session, tenant_id: TenantId, timeline_id: TimelineId,
     else:
         # No file (no record of the range made a value), but the map still moves on: a
         # reader must learn the new disk_consistent_lsn, which its subscription needs.
-        version = _bump_layers_version(session, tenant_id, timeline_id)
+        version = bump_layers_version(session, tenant_id, timeline_id)
     update_timeline(session, tenant_id, timeline_id, disk_consistent_lsn=disk_consistent_lsn,
                     last_record_lsn=disk_consistent_lsn, prev_record_lsn=prev_record_lsn)
     session.add(LsnHistory(tenant_id=str(tenant_id), timeline_id=str(timeline_id),
@@ -317,12 +325,9 @@ def swap_layers(session: Session, tenant_id: TenantId, timeline_id: TimelineId, 
             raise FailedPrecondition(
                 f"layer map of timeline {timeline_id} changed during the job: "
                 f"{len(names) - deleted.rowcount} of its layers are gone")  # type: ignore[attr-defined]
-    version = _bump_layers_version(session, tenant_id, timeline_id)
+    version = bump_layers_version(session, tenant_id, timeline_id)
     for d in add:
-        session.add(Layer(tenant_id=str(tenant_id), timeline_id=str(timeline_id), kind=d.kind,
-                          level=d.level, key_start=d.key_start, key_end=d.key_end,
-                          lsn_start=d.lsn_start, lsn_end=d.lsn_end, file_name=d.file_name,
-                          file_size=d.file_size, checksum=d.checksum))
+        session.add(_layer_row(tenant_id, timeline_id, d))
     if timeline_fields:
         update_timeline(session, tenant_id, timeline_id, **timeline_fields)
     notify_layers(session, tenant_id, timeline_id)
@@ -411,3 +416,96 @@ def set_tenant_config(session: Session, tenant_id: TenantId, changes: dict[str, 
     config = {k: v for k, v in {**row.config, **changes}.items() if k not in reset}
     row.config = config
     return config
+
+
+# --------------------------------------------------------------------------- remote storage
+
+def mark_uploaded(session: Session, tenant_id: TenantId, timeline_id: TimelineId,
+                  file_name: str, generation: int) -> bool:
+    """Record that a layer's remote copy is stored under ``generation``.  False when the
+    layer is no longer registered (swapped out meanwhile)."""
+    result = session.execute(
+        sa.update(Layer)
+        .where(Layer.tenant_id == str(tenant_id), Layer.timeline_id == str(timeline_id),
+               Layer.file_name == file_name)
+        .values(generation=generation, remote_state="uploaded"))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def advance_remote_consistent_lsn(session: Session, tenant_id: TenantId,
+                                  timeline_id: TimelineId, lsn: Lsn) -> None:
+    """Move remote_consistent_lsn up to ``lsn`` (never down)."""
+    session.execute(
+        sa.update(Timeline)
+        .where(Timeline.tenant_id == str(tenant_id), Timeline.timeline_id == str(timeline_id),
+               Timeline.remote_consistent_lsn < lsn)
+        .values(remote_consistent_lsn=lsn, updated_at=sa.func.now()))
+
+
+def uploaded_layer_files(session: Session) -> list[tuple[TenantId, TimelineId, str]]:
+    """(tenant, timeline, file name) of every layer with a remote copy (evictable)."""
+    rows = session.execute(sa.select(Layer.tenant_id, Layer.timeline_id, Layer.file_name)
+                           .where(Layer.generation > 0))
+    return [(TenantId.parse(t), TimelineId.parse(tl), name) for t, tl, name in rows]
+
+
+def remote_consistent_lsns(session: Session) -> dict[tuple[TenantId, TimelineId], Lsn]:
+    """Every timeline's remote_consistent_lsn (ingest reports it as its flush position)."""
+    rows = session.execute(sa.select(Timeline.tenant_id, Timeline.timeline_id,
+                                     Timeline.remote_consistent_lsn))
+    return {(TenantId.parse(t), TimelineId.parse(tl)): lsn for t, tl, lsn in rows}
+
+
+def restore_timeline(session: Session, tenant_id: TenantId, timeline_id: TimelineId, *,
+                     pg_version: int, ancestor: tuple[TimelineId, Lsn] | None,
+                     wal_source: str | None, min_readable_lsn: Lsn, prev_record_lsn: Lsn,
+                     disk_consistent_lsn: Lsn, gc_cutoff_lsn: Lsn, pitr_cutoff_lsn: Lsn,
+                     layers: Sequence[LayerDesc]) -> TimelineRecord:
+    """A timeline rebuilt from its remote index (tenant attach): every LSN column at the
+    index's disk_consistent_lsn (all of it is stored remotely), its layers registered as
+    uploaded and not on local disk."""
+    get_tenant(session, tenant_id)
+    if session.get(Timeline, (str(tenant_id), str(timeline_id))) is not None:
+        raise AlreadyExists(f"timeline {timeline_id} of tenant {tenant_id} already exists")
+    row = Timeline(tenant_id=str(tenant_id), timeline_id=str(timeline_id),
+                   pg_version=pg_version, wal_source=wal_source, state="active",
+                   ancestor_timeline_id=str(ancestor[0]) if ancestor else None,
+                   ancestor_lsn=ancestor[1] if ancestor else None,
+                   min_readable_lsn=min_readable_lsn, prev_record_lsn=prev_record_lsn,
+                   last_record_lsn=disk_consistent_lsn, disk_consistent_lsn=disk_consistent_lsn,
+                   remote_consistent_lsn=disk_consistent_lsn, gc_cutoff_lsn=gc_cutoff_lsn,
+                   pitr_cutoff_lsn=pitr_cutoff_lsn, layers_version=1)
+    session.add(row)
+    session.flush()
+    for d in layers:
+        if not d.uploaded:
+            raise ValueError(f"layer {d.file_name} of a restored timeline has no generation")
+        layer = _layer_row(tenant_id, timeline_id, d)
+        layer.local_state = "evicted"
+        session.add(layer)
+    session.add(LsnHistory(tenant_id=str(tenant_id), timeline_id=str(timeline_id),
+                           lsn=disk_consistent_lsn))
+    session.flush()
+    session.refresh(row)
+    return _timeline_record(row)
+
+
+def delete_tenant(session: Session, tenant_id: TenantId) -> None:
+    """Remove a tenant and everything of it from the catalog (detach)."""
+    get_tenant(session, tenant_id)
+    # Children first: a branch's row references its ancestor's.
+    rows = list_timelines(session, tenant_id)
+    by_depth = sorted(rows, key=lambda r: _depth(r, {x.timeline_id: x for x in rows}),
+                      reverse=True)
+    for r in by_depth:
+        session.execute(sa.delete(Timeline).where(Timeline.tenant_id == str(tenant_id),
+                                                  Timeline.timeline_id == str(r.timeline_id)))
+    session.execute(sa.delete(Tenant).where(Tenant.tenant_id == str(tenant_id)))
+
+
+def _depth(rec: TimelineRecord, by_id: dict[TimelineId, TimelineRecord]) -> int:
+    depth = 0
+    while rec.ancestor_timeline_id is not None and rec.ancestor_timeline_id in by_id:
+        rec = by_id[rec.ancestor_timeline_id]
+        depth += 1
+    return depth

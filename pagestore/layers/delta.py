@@ -26,6 +26,7 @@ from pagestore.layers.format import (
     DEFAULT_ZSTD_LEVEL,
     FLAG_WILL_INIT,
     LSN_BE,
+    ByteSource,
     LayerFileReader,
     LayerFileWriter,
 )
@@ -69,9 +70,10 @@ class DeltaLayerReader(LayerFileReader):
     """Reads a delta layer; opening verifies the header and the index summary."""
 
     def __init__(self, path: Path, *, data_cache_blocks: int = DEFAULT_DATA_CACHE_BLOCKS,
-                 index_cache_blocks: int = DEFAULT_INDEX_CACHE_BLOCKS) -> None:
+                 index_cache_blocks: int = DEFAULT_INDEX_CACHE_BLOCKS,
+                 source: ByteSource | None = None) -> None:
         super().__init__(path, LayerKind.DELTA, data_cache_blocks=data_cache_blocks,
-                         index_cache_blocks=index_cache_blocks)
+                         index_cache_blocks=index_cache_blocks, source=source)
 
     def versions(self, key: Key, lsn_end: Lsn) -> list[DeltaValue]:
         """Every version of ``key`` with lsn < lsn_end, oldest first."""

@@ -15,7 +15,7 @@ layer is visited only for keys in its range.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pagestore.layers.names import LayerKind
@@ -41,6 +41,13 @@ class LayerDesc:
     file_name: str
     file_size: int
     checksum: int
+    # The tenant generation its remote copy is named with (pagestore.remote.layout);
+    # 0 while it is not uploaded.  Not part of the layer's identity.
+    generation: int = field(default=0, compare=False)
+
+    @property
+    def uploaded(self) -> bool:
+        return self.generation > 0
 
     @property
     def is_image(self) -> bool:

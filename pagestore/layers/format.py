@@ -47,7 +47,7 @@ import threading
 from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Self
+from typing import TYPE_CHECKING, NamedTuple, Protocol, Self
 
 import crc32c
 import zstandard
@@ -539,8 +539,49 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 Buffer = bytes | memoryview
 
 
+class ByteSource(Protocol):
+    """Where a reader's bytes come from: a local file (FileSource), or a layer file in
+    remote storage read with ranged GETs (pagestore.remote.ondemand.LayerSource)."""
+
+    def size(self) -> int: ...
+
+    def pread(self, size: int, offset: int) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class FileSource:
+    """A local file read with ``os.pread``."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def pread(self, size: int, offset: int) -> bytes:
+        if self.fd < 0:
+            raise ValueError("the file is closed")
+        return os.pread(self.fd, size, offset)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:
+        # A reader dropped from a map's cache while a read still used it is closed when
+        # the last reference goes (LayerMap.replace).
+        if getattr(self, "fd", -1) >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 class LayerFileReader:
-    """Reads one layer file with ``os.pread``; opening verifies the header and summary.
+    """Reads one layer file (``os.pread`` on a local file, or a given ByteSource);
+    opening verifies the header and summary.
 
     Index blocks and uncompressed data blocks are verified when read and kept in small
     per-reader LRU caches.  Lookups are safe from several threads; ``close()`` is not
@@ -549,14 +590,16 @@ class LayerFileReader:
 
     def __init__(self, path: Path, expected_kind: LayerKind | None = None, *,
                  data_cache_blocks: int = DEFAULT_DATA_CACHE_BLOCKS,
-                 index_cache_blocks: int = DEFAULT_INDEX_CACHE_BLOCKS) -> None:
+                 index_cache_blocks: int = DEFAULT_INDEX_CACHE_BLOCKS,
+                 source: ByteSource | None = None) -> None:
         self.path = Path(path)
-        self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        self._src: ByteSource = source if source is not None else FileSource(self.path)
+        self._closed = False
         try:
             self._open(expected_kind)
         except BaseException:
-            os.close(self._fd)
-            self._fd = -1
+            self._src.close()
+            self._closed = True
             raise
         self._index_block = functools.lru_cache(maxsize=index_cache_blocks)(
             self._read_index_block)
@@ -567,9 +610,9 @@ class LayerFileReader:
         return CorruptLayerError(f"layer file {self.path}: {what}")
 
     def _pread(self, size: int, offset: int, what: str) -> bytes:
-        if self._fd < 0:
+        if self._closed:
             raise ValueError(f"layer file {self.path} is closed")
-        data = os.pread(self._fd, size, offset)
+        data = self._src.pread(size, offset)
         if len(data) != size:
             raise self._corrupt(f"{what} at offset {offset} is truncated: "
                                 f"read {len(data)} of {size} bytes")
@@ -586,8 +629,8 @@ class LayerFileReader:
         return body
 
     def _open(self, expected_kind: LayerKind | None) -> None:
-        actual_size = os.fstat(self._fd).st_size
-        raw = os.pread(self._fd, HEADER_BLOCK_SIZE, 0)
+        actual_size = self._src.size()
+        raw = self._src.pread(min(HEADER_BLOCK_SIZE, actual_size), 0) if actual_size else b""
         if len(raw) >= len(LAYER_MAGIC) and raw[:len(LAYER_MAGIC)] != LAYER_MAGIC:
             raise self._corrupt(f"bad magic {raw[:len(LAYER_MAGIC)]!r} at offset 0 "
                                 f"(expected {LAYER_MAGIC!r}): not a pagestore layer file")
@@ -671,7 +714,7 @@ class LayerFileReader:
 
     @property
     def closed(self) -> bool:
-        return self._fd < 0
+        return self._closed
 
     # ------------------------------------------------------------------------ blocks
     def _read_index_block(self, i: int) -> bytes:
@@ -837,9 +880,9 @@ class LayerFileReader:
 
     # ------------------------------------------------------------------------ closing
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        if not self._closed:
+            self._closed = True
+            self._src.close()
         self._index_block.cache_clear()
         self._data_block.cache_clear()
 
@@ -849,13 +892,6 @@ class LayerFileReader:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
-
-    def __del__(self) -> None:
-        # A reader dropped from a map's cache while a read still used it is closed when
-        # the last reference goes (LayerMap.replace).
-        if getattr(self, "_fd", -1) >= 0:
-            os.close(self._fd)
-            self._fd = -1
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path}>"

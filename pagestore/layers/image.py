@@ -23,6 +23,7 @@ from pagestore.layers.format import (
     DEFAULT_ZSTD_LEVEL,
     FLAG_WILL_INIT,
     LSN_BE,
+    ByteSource,
     LayerFileReader,
     LayerFileWriter,
 )
@@ -60,9 +61,10 @@ class ImageLayerReader(LayerFileReader):
     """Reads an image layer; opening verifies the header and the index summary."""
 
     def __init__(self, path: Path, *, data_cache_blocks: int = DEFAULT_DATA_CACHE_BLOCKS,
-                 index_cache_blocks: int = DEFAULT_INDEX_CACHE_BLOCKS) -> None:
+                 index_cache_blocks: int = DEFAULT_INDEX_CACHE_BLOCKS,
+                 source: ByteSource | None = None) -> None:
         super().__init__(path, LayerKind.IMAGE, data_cache_blocks=data_cache_blocks,
-                         index_cache_blocks=index_cache_blocks)
+                         index_cache_blocks=index_cache_blocks, source=source)
 
     @property
     def lsn(self) -> Lsn:

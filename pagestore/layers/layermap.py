@@ -44,8 +44,10 @@ from pagestore.layers.delta import DeltaLayerReader
 from pagestore.layers.image import ImageLayerReader
 from pagestore.lsn import Lsn
 
+LayerReader = DeltaLayerReader | ImageLayerReader
+
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
     from pathlib import Path
 
     from pagestore.keys import Key
@@ -173,11 +175,15 @@ class LayerMap:
     layers_version it was read at) and a small cache of open readers."""
 
     def __init__(self, timeline_dir: Path, layers: Sequence[LayerDesc] = (), *,
-                 version: int = -1, max_open: int = 256) -> None:
+                 version: int = -1, max_open: int = 256,
+                 opener: Callable[[LayerDesc], LayerReader] | None = None) -> None:
         self.timeline_dir = timeline_dir
+        # How a layer is opened: from timeline_dir, or (remote storage on) through
+        # pagestore.remote.ondemand.LayerFiles, which fetches what is not on local disk.
+        self._opener = opener
         self._index = LayerIndex(layers)
         self.version = version
-        self._readers: OrderedDict[str, DeltaLayerReader | ImageLayerReader] = OrderedDict()
+        self._readers: OrderedDict[str, LayerReader] = OrderedDict()
         self._max_open = max_open
         self._lock = threading.Lock()
 
@@ -186,19 +192,25 @@ class LayerMap:
         """Every layer, newest (by lsn_end) first."""
         return self._index.layers
 
-    def _reader(self, desc: LayerDesc) -> DeltaLayerReader | ImageLayerReader:
+    def open(self, desc: LayerDesc) -> LayerReader:
+        """A new reader of one of the map's layers (for scans: compaction), not cached."""
+        if self._opener is not None:
+            return self._opener(desc)
+        path = self.timeline_dir / desc.file_name
+        try:
+            return ImageLayerReader(path) if desc.is_image else DeltaLayerReader(path)
+        except FileNotFoundError:
+            raise LayerFileMissing(f"layer file {path} is in the layer map but not on local "
+                                   "disk (removed by compaction or GC since the map was "
+                                   "read?)") from None
+
+    def _reader(self, desc: LayerDesc) -> LayerReader:
         with self._lock:
             r = self._readers.get(desc.file_name)
             if r is not None:
                 self._readers.move_to_end(desc.file_name)
                 return r
-        path = self.timeline_dir / desc.file_name
-        try:
-            r = ImageLayerReader(path) if desc.is_image else DeltaLayerReader(path)
-        except FileNotFoundError:
-            raise LayerFileMissing(f"layer file {path} is in the layer map but not on local "
-                                   "disk (removed by compaction or GC since the map was "
-                                   "read?)") from None
+        r = self.open(desc)
         with self._lock:
             self._readers[desc.file_name] = r
             while len(self._readers) > self._max_open:

@@ -45,6 +45,7 @@ from pagestore.compaction import (
 from pagestore.config import tenant_settings
 from pagestore.errors import FailedPrecondition, Unavailable
 from pagestore.keys import controlfile_key
+from pagestore.layers.delta import DeltaLayerReader
 from pagestore.layers.format import fsync_directory, sweep_unregistered
 from pagestore.layers.layermap import LayerMap
 from pagestore.lsn import Lsn
@@ -55,6 +56,7 @@ from pagestore.supervise import SupervisedLoop, describe
 from pagestore.timeline import TimelineView, timeline_dir
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from sqlalchemy.orm import Session, sessionmaker
@@ -63,6 +65,7 @@ if TYPE_CHECKING:
     from pagestore.ids import TenantId, TimelineId
     from pagestore.layers.desc import LayerDesc
     from pagestore.layers.layermap import ValueChain
+    from pagestore.remote.ondemand import LayerFiles
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +102,10 @@ class _Due:
 class Housekeeper:
     """Runs the jobs, on request (CLI) and on the tenants' schedules."""
 
-    def __init__(self, sessions: sessionmaker[Session], workdir: Path, config: Config) -> None:
+    def __init__(self, sessions: sessionmaker[Session], workdir: Path, config: Config, *,
+                 layer_files: LayerFiles | None = None) -> None:
         self.sessions = sessions
+        self.layer_files = layer_files
         self.workdir = workdir
         self.config = config
         self._locks: dict[tuple[TenantId, TimelineId], asyncio.Lock] = {}
@@ -114,18 +119,19 @@ class Housekeeper:
             overrides = repo.get_tenant_config(s, tenant)
         return tenant_settings(self.config.tenant, overrides)
 
-    def _lock(self, tenant: TenantId, timeline: TimelineId) -> asyncio.Lock:
+    def lock(self, tenant: TenantId, timeline: TimelineId) -> asyncio.Lock:
+        """The timeline's job lock: compaction, GC and uploads take turns."""
         return self._locks.setdefault((tenant, timeline), asyncio.Lock())
 
     # ------------------------------------------------------------------ requests
     async def compact(self, tenant: TenantId, timeline: TimelineId, *, force_l0: bool = False,
                       force_images: bool = False) -> CompactionReport:
-        async with self._lock(tenant, timeline):
+        async with self.lock(tenant, timeline):
             return await asyncio.to_thread(self._compact, tenant, timeline, force_l0,
                                            force_images)
 
     async def gc(self, tenant: TenantId, timeline: TimelineId) -> GcReport:
-        async with self._lock(tenant, timeline):
+        async with self.lock(tenant, timeline):
             return await asyncio.to_thread(self._gc, tenant, timeline)
 
     # ------------------------------------------------------------------ compaction
@@ -150,11 +156,30 @@ class Housekeeper:
             with self.sessions.begin() as s:
                 parent, parent_layers = repo.read_layer_map(s, tenant, tl.ancestor_timeline_id)
             ancestor = self._view(tenant, tl.ancestor_timeline_id,
-                                  LayerMap(timeline_dir(self.workdir, tenant, parent.timeline_id),
-                                           parent_layers, version=parent.layers_version),
+                                  self._map(tenant, parent.timeline_id, parent_layers,
+                                            parent.layers_version),
                                   parent)
         return TimelineView(layers, ancestor=ancestor,
                             ancestor_lsn=tl.ancestor_lsn or Lsn.INVALID)
+
+    def _map(self, tenant: TenantId, timeline: TimelineId, layers: list[LayerDesc],
+             version: int) -> LayerMap:
+        opener = self.layer_files.opener(tenant, timeline) if self.layer_files else None
+        return LayerMap(timeline_dir(self.workdir, tenant, timeline), layers, version=version,
+                        opener=opener)
+
+    def _open_whole(self, tenant: TenantId, timeline: TimelineId
+                    ) -> Callable[[LayerDesc], DeltaLayerReader] | None:
+        """How compaction opens its inputs: whole files (downloaded if evicted)."""
+        files = self.layer_files
+        if files is None or files.storage is None:
+            return None
+
+        def open_layer(d: LayerDesc) -> DeltaLayerReader:
+            r = files.open(tenant, timeline, d, whole=True)
+            assert isinstance(r, DeltaLayerReader)
+            return r
+        return open_layer
 
     def _compact(self, tenant: TenantId, timeline: TimelineId, force_l0: bool,
                  force_images: bool) -> CompactionReport:
@@ -165,7 +190,8 @@ class Housekeeper:
         l0 = l0_layers(layers)
         if len(l0) >= settings.compaction_threshold or (force_l0 and len(l0) >= 2):
             new = compact_level0(directory, l0, settings.compaction_target_size,
-                                 check=lambda: failpoints.check("housekeeping-compact-partition"))
+                                 check=lambda: failpoints.check("housekeeping-compact-partition"),
+                                 open_layer=self._open_whole(tenant, timeline))
             self._commit(tenant, timeline, directory, remove=l0, add=new)
             report.l0_compacted, report.l1_created = len(l0), len(new)
             report.bytes_written += sum(d.file_size for d in new)
@@ -193,7 +219,7 @@ class Housekeeper:
             return []
         threshold = 1 if force else settings.image_creation_threshold
         registered = {d.file_name for d in layers}
-        layer_map = LayerMap(directory, layers, version=tl.layers_version)
+        layer_map = self._map(tenant, timeline, layers, tl.layers_version)
         try:
             view = self._view(tenant, timeline, layer_map, tl)
             partitions = partition_keyspace(view.keyspace(lsn), settings.compaction_target_size)

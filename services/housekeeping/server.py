@@ -7,17 +7,25 @@ INVALID_ARGUMENT naming the field.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from pagestore.catalog.db import make_sessionmaker
 from pagestore.config import Duration, TenantConfig, parse_tenant_setting
-from pagestore.errors import BadRequest, ConfigError, NotFound, from_rpc_error
+from pagestore.errors import (
+    AlreadyExists,
+    BadRequest,
+    ConfigError,
+    FailedPrecondition,
+    NotFound,
+    from_rpc_error,
+)
 from pagestore.grpcutil import (
     SHARD_METADATA_KEY,
     TENANT_METADATA_KEY,
@@ -37,13 +45,21 @@ from pagestore.proto import (
     pageread_pb2,
     pageread_pb2_grpc,
 )
+from pagestore.remote.layout import highest_generation
 from pagestore.service import ServiceContext, run_service
+from pagestore.supervise import describe
 from services.housekeeping.jobs import Housekeeper
+from services.housekeeping.remote import RemoteSync
 from services.housekeeping.tenants import TenantManager
 
+T = TypeVar("T")
+
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
     from pagestore.catalog.repo import TenantRecord, TimelineRecord
     from pagestore.layers.desc import LayerDesc
+    from services.housekeeping.remote import Progress
 
 Context = grpc.aio.ServicerContext[Any, Any]
 log = logging.getLogger(__name__)
@@ -72,7 +88,8 @@ def _ts(value: Any) -> Timestamp:
 
 def tenant_info(rec: TenantRecord) -> housekeeping_pb2.TenantInfo:
     return housekeeping_pb2.TenantInfo(tenant_id=str(rec.tenant_id), state=rec.state,
-                                       created_at=_ts(rec.created_at))
+                                       created_at=_ts(rec.created_at),
+                                       generation=rec.generation)
 
 
 def timeline_info(rec: TimelineRecord) -> housekeeping_pb2.TimelineInfo:
@@ -110,8 +127,9 @@ def _settings_text(cfg: TenantConfig) -> dict[str, str]:
 
 class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
     def __init__(self, tenants: TenantManager, housekeeper: Housekeeper, ingest_addr: str,
-                 pageread_addr: str) -> None:
+                 pageread_addr: str, remote: RemoteSync | None = None) -> None:
         self.tenants = tenants
+        self.remote = remote
         self.housekeeper = housekeeper
         self.ingest_addr = ingest_addr
         self.pageread_addr = pageread_addr
@@ -164,7 +182,126 @@ class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
         info.slot.CopyFrom(await self.tenants.slot_status(rec))
         layers = await asyncio.to_thread(self.tenants.layers, rec.tenant_id, rec.timeline_id)
         info.layers.extend(layer_stats(layers))
+        info.generation = (await asyncio.to_thread(self.tenants.get_tenant,
+                                                   rec.tenant_id)).generation
+        if self.remote is not None:
+            info.layers_not_uploaded = sum(1 for d in layers if not d.uploaded)
+            info.loops.extend(loop_status([self.remote.loop]))
+            state, detail = self.remote.status(rec.tenant_id, rec.timeline_id)
+            info.loops.append(common_pb2.LoopStatus(
+                service="housekeeping", name="remote", state=state, detail=detail,
+                last_error=detail if state in ("failing", "stale") else ""))
         return info
+
+    def _remote(self) -> RemoteSync:
+        if self.remote is None:
+            raise FailedPrecondition("remote storage is not configured on this node "
+                                     "(set [remote_storage] in the config)")
+        return self.remote
+
+    async def UploadTimeline(self, request: common_pb2.TimelineRef,
+                             context: Context) -> housekeeping_pb2.UploadTimelineResponse:
+        remote = self._remote()
+        r = await remote.sync(parse_tenant_id(request.tenant_id),
+                              parse_timeline_id(request.timeline_id))
+        return housekeeping_pb2.UploadTimelineResponse(
+            layers_uploaded=r.layers_uploaded, bytes_uploaded=r.bytes_uploaded,
+            objects_deleted=r.objects_deleted, remote_consistent_lsn=r.remote_consistent_lsn,
+            generation=r.generation)
+
+    async def _with_progress(self, run: Callable[[Progress], T]
+                             ) -> AsyncIterator[housekeeping_pb2.TenantProgress | T]:
+        """Run ``run(progress)`` in a thread; yield its progress messages as they come,
+        then its result."""
+        queue: asyncio.Queue[housekeeping_pb2.TenantProgress] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def progress(message: str, done: int, total: int) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, housekeeping_pb2.TenantProgress(
+                message=message, done_bytes=done, total_bytes=total))
+
+        job = asyncio.ensure_future(asyncio.to_thread(run, progress))
+        while not job.done() or not queue.empty():
+            with contextlib.suppress(TimeoutError):
+                yield await asyncio.wait_for(queue.get(), 0.2)
+        yield job.result()
+
+    async def AttachTenant(self, request: housekeeping_pb2.AttachTenantRequest,
+                           context: Context) -> AsyncIterator[housekeeping_pb2.TenantProgress]:
+        remote = self._remote()
+        tid = parse_tenant_id(request.tenant_id)
+        rec: TenantRecord | None = None
+        async for item in self._with_progress(lambda p: remote.attach_tenant(tid, p)):
+            if isinstance(item, housekeeping_pb2.TenantProgress):
+                yield item
+            else:
+                rec = item
+        assert rec is not None
+        if request.warm:
+            async for got in self._with_progress(lambda p: remote.warm(tid, p)):
+                if isinstance(got, housekeeping_pb2.TenantProgress):
+                    yield got
+        for tl in await asyncio.to_thread(self.tenants.list_timelines, tid):
+            if not tl.wal_source:
+                continue
+            try:
+                lsns = await self.ingest().ResumeTimeline(
+                    common_pb2.TimelineRef(tenant_id=str(tid), timeline_id=str(tl.timeline_id)),
+                    timeout=ATTACH_TIMEOUT)
+            except grpc.aio.AioRpcError as e:
+                raise from_rpc_error(e) from None
+            yield housekeeping_pb2.TenantProgress(
+                message=f"timeline {tl.timeline_id}: ingest resumed from "
+                        f"{Lsn(lsns.disk_consistent_lsn)} ({mask_conninfo(tl.wal_source)})")
+        yield housekeeping_pb2.TenantProgress(
+            message=f"tenant {tid} attached with generation {rec.generation}",
+            tenant=tenant_info(rec))
+
+    async def DetachTenant(self, request: housekeeping_pb2.DetachTenantRequest,
+                           context: Context) -> AsyncIterator[housekeeping_pb2.TenantProgress]:
+        remote = self._remote()
+        tid = parse_tenant_id(request.tenant_id)
+        rec = await asyncio.to_thread(self.tenants.get_tenant, tid)
+        timelines = await asyncio.to_thread(self.tenants.list_timelines, tid)
+        stopped = []
+        for tl in timelines:
+            if not tl.wal_source or tl.state not in ("active", "broken"):
+                continue
+            ref = common_pb2.TimelineRef(tenant_id=str(tid), timeline_id=str(tl.timeline_id))
+            try:
+                await self.ingest().DetachTimeline(
+                    ingest_pb2.DetachTimelineRequest(timeline=ref, flush=True), timeout=60)
+                stopped.append(ref)
+            except grpc.aio.AioRpcError as e:
+                err = from_rpc_error(e)
+                if not isinstance(err, NotFound):
+                    raise err from None
+            yield housekeeping_pb2.TenantProgress(
+                message=f"timeline {tl.timeline_id}: ingest stopped and flushed")
+        problems: list[str] = []
+        for tl in timelines:
+            try:
+                r = await remote.sync(tid, tl.timeline_id)
+                yield housekeeping_pb2.TenantProgress(
+                    message=f"timeline {tl.timeline_id}: uploaded {r.layers_uploaded} layers "
+                            f"({r.bytes_uploaded} bytes), remote_consistent_lsn "
+                            f"{Lsn(r.remote_consistent_lsn)}", done_bytes=r.bytes_uploaded)
+            except Exception as e:
+                problems.append(f"timeline {tl.timeline_id}: upload failed: {describe(e)}")
+        problems += await asyncio.to_thread(remote.check_detachable, tid)
+        if problems and not request.force:
+            for ref in stopped:  # ingest goes on: nothing was dropped
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await self.ingest().ResumeTimeline(ref, timeout=ATTACH_TIMEOUT)
+            raise FailedPrecondition(
+                f"tenant {tid} not detached: " + "; ".join(problems) +
+                " (retry when remote storage works, or force it and lose that data)")
+        for p in problems:
+            log.warning("detach by force loses: %s tenant=%s", p, tid)
+        await asyncio.to_thread(remote.drop_local, tid)
+        yield housekeeping_pb2.TenantProgress(
+            message=f"tenant {tid} detached (generation {rec.generation}); its data stays in "
+                    f"{remote.storage.describe()}", tenant=tenant_info(rec))
 
     async def CompactTimeline(self, request: housekeeping_pb2.CompactTimelineRequest,
                               context: Context) -> housekeeping_pb2.CompactTimelineResponse:
@@ -213,6 +350,8 @@ class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
         effective, overrides = await asyncio.to_thread(
             self.tenants.set_tenant_config, tid, self.housekeeper.config.tenant, changes,
             list(request.reset))
+        if self.remote is not None:
+            await asyncio.to_thread(self.remote.put_manifest, tid)
         return housekeeping_pb2.TenantConfigResponse(
             effective=_settings_text(effective),
             overrides={k: str(v) for k, v in overrides.items()})
@@ -220,6 +359,12 @@ class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
     async def CreateTenant(self, request: housekeeping_pb2.CreateTenantRequest,
                            context: Context) -> housekeeping_pb2.TenantInfo:
         tid = parse_tenant_id(request.tenant_id) if request.tenant_id else None
+        if tid is not None and self.remote is not None:
+            storage = self.remote.storage
+            found = await asyncio.to_thread(highest_generation, storage, tid)
+            if found:
+                raise AlreadyExists(f"tenant {tid} exists in {storage.describe()} (generation "
+                                    f"{found}): attach it with `pagestore tenant attach`")
         return tenant_info(await asyncio.to_thread(self.tenants.create_tenant, tid))
 
     async def ListTenants(self, request: housekeeping_pb2.ListTenantsRequest,
@@ -279,8 +424,8 @@ class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
 
         async def detach() -> None:
             try:
-                await self.ingest().DetachTimeline(
-                    common_pb2.TimelineRef(tenant_id=str(tid), timeline_id=str(tlid)),
+                await self.ingest().DetachTimeline(ingest_pb2.DetachTimelineRequest(
+                    timeline=common_pb2.TimelineRef(tenant_id=str(tid), timeline_id=str(tlid))),
                     timeout=30)
             except grpc.aio.AioRpcError as e:
                 err = from_rpc_error(e)
@@ -289,18 +434,31 @@ class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
 
         note = await self.tenants.delete_timeline(tid, tlid, detach=detach,
                                                   force=request.force)
+        if self.remote is not None:
+            n = await asyncio.to_thread(self.remote.delete_timeline_objects, tid, tlid)
+            note += f"; {n} remote objects deleted"
         return housekeeping_pb2.DeleteTimelineResponse(slot_note=note)
 
 
 async def setup(ctx: ServiceContext) -> None:
     assert ctx.catalog is not None
     manager = TenantManager(ctx.catalog, ctx.workdir)
-    housekeeper = Housekeeper(make_sessionmaker(ctx.catalog), ctx.workdir, ctx.config)
+    sessions = make_sessionmaker(ctx.catalog)
+    housekeeper = Housekeeper(sessions, ctx.workdir, ctx.config, layer_files=ctx.layer_files)
+    remote = None
+    if ctx.remote is not None:
+        assert ctx.layer_files is not None
+        remote = RemoteSync(sessions, ctx.workdir, ctx.remote, ctx.layer_files,
+                            period=float(ctx.config.housekeeping.upload_period),
+                            lock=housekeeper.lock)
     servicer = HousekeepingServicer(manager, housekeeper, ctx.config.service_addr("ingest"),
-                                    ctx.config.service_addr("pageread"))
+                                    ctx.config.service_addr("pageread"), remote)
     housekeeping_pb2_grpc.add_HousekeepingServicer_to_server(servicer, ctx.grpc.server)
     housekeeper.scheduler.start()
     ctx.grpc.on_shutdown.append(housekeeper.scheduler.stop)
+    if remote is not None:
+        remote.loop.start()
+        ctx.grpc.on_shutdown.append(remote.loop.stop)
 
 
 def main() -> int:

@@ -73,6 +73,10 @@ class TenantManager:
         log.info("tenant created tenant=%s", tid)
         return rec
 
+    def get_tenant(self, tenant_id: TenantId) -> repo.TenantRecord:
+        with self.sessions.begin() as s:
+            return repo.get_tenant(s, tenant_id)
+
     def list_tenants(self) -> list[repo.TenantRecord]:
         with self.sessions.begin() as s:
             return repo.list_tenants(s)

@@ -69,6 +69,7 @@ if TYPE_CHECKING:
 
     from pagestore.ids import TenantId, TimelineId
     from pagestore.keys import Key
+    from pagestore.remote.ondemand import LayerFiles
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +103,12 @@ class TimelineEntry:
 
 class IngestManager:
     def __init__(self, engine: sa.Engine, workdir: Path, settings: IngestSettings, *,
-                 shutdown_budget: float = 15.0) -> None:
+                 shutdown_budget: float = 15.0, layer_files: LayerFiles | None = None) -> None:
         self.sessions = make_sessionmaker(engine)
+        self.layer_files = layer_files
+        # With remote storage on, the flush position reported to the WAL source is
+        # remote_consistent_lsn (what is in the bucket), refreshed by the ticker.
+        self.remote = layer_files is not None and layer_files.storage is not None
         self.workdir = workdir
         self.settings = settings
         self.shutdown_budget = shutdown_budget
@@ -159,15 +164,22 @@ class IngestManager:
             for sub in e.subscribers:
                 sub.queue.put_nowait(None)
 
-    async def detach(self, tenant: TenantId, timeline: TimelineId) -> TimelineEntry:
-        """Stop streaming a timeline without flushing and forget it (before a delete)."""
+    async def detach(self, tenant: TenantId, timeline: TimelineId, *,
+                     flush: bool = False) -> TimelineEntry:
+        """Stop streaming a timeline and forget it: without flushing before a delete,
+        with ``flush`` (what is in memory goes to layer files first) before a tenant
+        detach."""
         e = self.entry(tenant, timeline)
+        drained = True
         if e.receiver is not None:
-            await e.receiver.stop(drain=False, timeout=10.0)
+            drained = await e.receiver.stop(drain=flush, timeout=self.shutdown_budget)
         for sub in e.subscribers:
             sub.queue.put_nowait(None)
         self.timelines.pop((tenant, timeline), None)
         log.info("timeline detached tenant=%s timeline=%s", tenant, timeline)
+        if flush and not drained:
+            raise Unavailable(f"timeline {timeline} could not flush its in-memory WAL in "
+                              "time; it stopped streaming (its slot keeps the WAL)")
         return e
 
     def loops(self, e: TimelineEntry) -> list[SupervisedLoop]:
@@ -176,7 +188,7 @@ class IngestManager:
 
     def _load(self, tenant: TenantId, timeline: TimelineId) -> TimelineIngest:
         return TimelineIngest.load(tenant, timeline, self.timeline_dir(tenant, timeline),
-                                   self.sessions, self.settings)
+                                   self.sessions, self.settings, layer_files=self.layer_files)
 
     def _set_state(self, tenant: TenantId, timeline: TimelineId, state: str,
                    reason: str | None = None) -> None:
@@ -185,6 +197,7 @@ class IngestManager:
 
     def _start(self, tli: TimelineIngest, wal_source: str, min_readable: Lsn) -> None:
         key = (tli.tenant_id, tli.timeline_id)
+
         entry = TimelineEntry(tli, min_readable_lsn=min_readable)
         self.timelines[key] = entry
 
@@ -209,6 +222,37 @@ class IngestManager:
             for e in list(self.timelines.values()):
                 if e.receiver is not None and e.receiver.tli.should_freeze(now):
                     e.receiver.freeze_if_due()
+            if self.remote and self.timelines:
+                await self.refresh_remote_consistent()
+
+    async def refresh_remote_consistent(self) -> None:
+        """Read every timeline's remote_consistent_lsn (housekeeping advances it once
+        layers and index are uploaded): the receivers report it as the flush position."""
+        def read() -> dict[tuple[TenantId, TimelineId], Lsn]:
+            with self.sessions.begin() as s:
+                return repo.remote_consistent_lsns(s)
+        lsns = await asyncio.to_thread(read)
+        for key, e in list(self.timelines.items()):
+            if key in lsns:
+                e.tli.remote_consistent_lsn = lsns[key]
+
+    async def resume(self, tenant: TenantId, timeline: TimelineId) -> TimelineEntry:
+        """Start streaming a timeline the catalog holds already (rebuilt from remote
+        storage by a tenant attach): from disk_consistent_lsn, through its slot."""
+        key = (tenant, timeline)
+        if key in self.timelines:
+            return self.timelines[key]
+        with self.sessions.begin() as s:
+            row = repo.get_timeline(s, tenant, timeline)
+        if row.state != "active" or not row.wal_source:
+            raise FailedPrecondition(f"timeline {timeline} is {row.state} and has "
+                                     f"{'a' if row.wal_source else 'no'} WAL source: "
+                                     "nothing to resume")
+        tli = await asyncio.to_thread(self._load, tenant, timeline)
+        self._start(tli, row.wal_source, row.min_readable_lsn)
+        log.info("timeline resumed disk_consistent_lsn=%s tenant=%s timeline=%s",
+                 tli.disk_consistent_lsn, tenant, timeline)
+        return self.timelines[key]
 
     # ------------------------------------------------------------------ attach
     async def attach(self, tenant: TenantId, timeline: TimelineId, wal_source: str) -> TimelineEntry:

@@ -203,7 +203,7 @@ class WalReceiver:
                         await self._send_status(conn, force=True)
                     now = time.monotonic()
                     if (now - last_status >= STATUS_INTERVAL
-                            or self.flush_reported != tl.disk_consistent_lsn):
+                            or self.flush_reported != self.flush_position()):
                         await self._send_status(conn)
                         last_status = now
             finally:
@@ -238,8 +238,17 @@ class WalReceiver:
         self._decode_failures = 0
         self._on_progress()
 
+    def flush_position(self) -> Lsn:
+        """What the source may forget: disk_consistent_lsn, or with remote storage on
+        what is also in the bucket (a lost disk then loses nothing the source dropped)."""
+        tl = self.tli
+        remote = tl.remote_consistent_lsn
+        if remote is None:
+            return tl.disk_consistent_lsn
+        return min(tl.disk_consistent_lsn, remote)
+
     async def _send_status(self, conn: ReplicationConnection, force: bool = False) -> None:
-        flush = self.tli.disk_consistent_lsn
+        flush = self.flush_position()
         if not force and flush == self.flush_reported:
             return
         await conn.send_status(self.received_lsn, flush, flush)

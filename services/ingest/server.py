@@ -46,6 +46,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         return ingest_pb2.TimelineLsns(
             last_record_lsn=int(tli.last_record_lsn),
             disk_consistent_lsn=int(tli.disk_consistent_lsn),
+            remote_consistent_lsn=int(tli.remote_consistent_lsn or 0),
             flush_reported_lsn=int(rx.flush_reported) if rx else 0,
             min_readable_lsn=int(e.min_readable_lsn), prev_record_lsn=int(tli.prev_record_lsn),
             state=rx.state if rx else "idle", loops=loop_status(self.manager.loops(e)))
@@ -67,10 +68,15 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         tenant, timeline = parse_timeline_ref(request)
         return self.lsns(self.manager.entry(tenant, timeline))
 
-    async def DetachTimeline(self, request: common_pb2.TimelineRef,
+    async def DetachTimeline(self, request: ingest_pb2.DetachTimelineRequest,
+                             context: Context) -> ingest_pb2.TimelineLsns:
+        tenant, timeline = parse_timeline_ref(request.timeline)
+        return self.lsns(await self.manager.detach(tenant, timeline, flush=request.flush))
+
+    async def ResumeTimeline(self, request: common_pb2.TimelineRef,
                              context: Context) -> ingest_pb2.TimelineLsns:
         tenant, timeline = parse_timeline_ref(request)
-        return self.lsns(await self.manager.detach(tenant, timeline))
+        return self.lsns(await self.manager.resume(tenant, timeline))
 
     async def SubscribeWal(self, request: ingest_pb2.SubscribeWalRequest,
                            context: Context) -> AsyncIterator[ingest_pb2.WalBatch]:
@@ -93,7 +99,7 @@ async def setup(ctx: ServiceContext) -> None:
     budget = max(1.0, float(ctx.config.shutdown_timeout) - 5.0)
     manager = IngestManager(ctx.catalog, ctx.workdir,
                             IngestSettings(cfg.checkpoint_distance, float(cfg.checkpoint_timeout)),
-                            shutdown_budget=budget)
+                            shutdown_budget=budget, layer_files=ctx.layer_files)
     ingest_pb2_grpc.add_IngestServicer_to_server(IngestServicer(manager), ctx.grpc.server)
     await manager.start_existing()
     ctx.grpc.on_shutdown.append(manager.shutdown)

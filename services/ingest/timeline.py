@@ -64,6 +64,7 @@ if TYPE_CHECKING:
 
     from pagestore.ids import TenantId, TimelineId
     from pagestore.pg.xlogrecord import DecodedRecord
+    from pagestore.remote.ondemand import LayerFiles
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,9 @@ class TimelineIngest:
         self.last_record_lsn = last_record_lsn
         self.prev_record_lsn = prev_record_lsn
         self.disk_consistent_lsn = disk_consistent_lsn
+        # With remote storage on: the catalog's remote_consistent_lsn, as the ingest
+        # manager last read it (None: remote storage off).
+        self.remote_consistent_lsn: Lsn | None = None
         self.open = InMemoryLayer(Lsn(last_record_lsn + 1))
         self.frozen: list[InMemoryLayer] = []
         self._lock = threading.Lock()  # guards frozen / layers / disk_consistent_lsn
@@ -132,23 +136,29 @@ class TimelineIngest:
 
     @classmethod
     def load(cls, tenant_id: TenantId, timeline_id: TimelineId, timeline_dir: Path,
-             sessions: sessionmaker[Session], settings: IngestSettings) -> TimelineIngest:
+             sessions: sessionmaker[Session], settings: IngestSettings, *,
+             layer_files: LayerFiles | None = None) -> TimelineIngest:
         with sessions.begin() as s:
             tl, layer_rows = repo.read_layer_map(s, tenant_id, timeline_id)
         dcl = tl.disk_consistent_lsn
         sweep_unregistered(timeline_dir, {r.file_name for r in layer_rows}, writer=WRITER,
                            owns=lambda n: n.kind is LayerKind.DELTA and n.lsn_start > dcl
                            and n.key_start == KEY_MIN and n.key_end == KEY_MAX)
-        layers = LayerMap(timeline_dir, layer_rows, version=tl.layers_version)
+        layers = LayerMap(timeline_dir, layer_rows, version=tl.layers_version,
+                          opener=layer_files.opener(tenant_id, timeline_id)
+                          if layer_files is not None else None)
         lsn = tl.disk_consistent_lsn
         state = load_state(TimelineView(layers), lsn)
         log.info("timeline loaded disk_consistent_lsn=%s layers=%d relations=%d "
                  "tenant=%s timeline=%s", lsn, len(layer_rows), len(state.relsizes),
                  tenant_id, timeline_id)
         prev = tl.prev_record_lsn if tl.last_record_lsn == lsn else Lsn(0)
-        return cls(tenant_id, timeline_id, timeline_dir, sessions, settings, layers=layers,
-                   state=state, last_record_lsn=lsn, prev_record_lsn=prev,
-                   disk_consistent_lsn=lsn)
+        tli = cls(tenant_id, timeline_id, timeline_dir, sessions, settings, layers=layers,
+                  state=state, last_record_lsn=lsn, prev_record_lsn=prev,
+                  disk_consistent_lsn=lsn)
+        if layer_files is not None and layer_files.storage is not None:
+            tli.remote_consistent_lsn = tl.remote_consistent_lsn
+        return tli
 
     # ------------------------------------------------------------------ reads
     def sources(self) -> list[InMemoryLayer]:

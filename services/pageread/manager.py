@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from pagestore.config import Config
     from pagestore.ids import TenantId, TimelineId
     from pagestore.layers.desc import LayerDesc
+    from pagestore.remote.ondemand import LayerFiles
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,10 @@ TAIL_FULL_RECHECK = 10.0
 
 
 class PageReadManager:
-    def __init__(self, engine: sa.Engine, workdir: Path, config: Config) -> None:
+    def __init__(self, engine: sa.Engine, workdir: Path, config: Config, *,
+                 layer_files: LayerFiles | None = None) -> None:
         self.engine = engine
+        self.layer_files = layer_files
         self.sessions = make_sessionmaker(engine)
         self.workdir = workdir
         self.config = config
@@ -88,6 +91,12 @@ class PageReadManager:
         self._redo: redo_pb2_grpc.RedoAsyncStub | None = None
         self._ctx: dict[tuple[TenantId, TimelineId], RedoContext] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        # With remote storage and a local budget: evicts least recently used layers.
+        self.evictor: SupervisedLoop | None = None
+        if (layer_files is not None and layer_files.storage is not None
+                and config.pageread.layer_disk_budget > 0):
+            self.evictor = SupervisedLoop("pageread", "eviction", self._evict,
+                                          restart_on_return=True)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -95,13 +104,36 @@ class PageReadManager:
         self._ingest = ingest_pb2_grpc.IngestStub(channel(self.config.service_addr("ingest")))
         self._redo = redo_pb2_grpc.RedoStub(channel(self.config.service_addr("redo")))
         self.listener.start()
+        if self.evictor is not None:
+            self.evictor.start()
 
     async def shutdown(self) -> None:
-        await asyncio.gather(self.listener.stop(), *(f.stop() for f in self.followers.values()))
+        await asyncio.gather(self.listener.stop(), *(f.stop() for f in self.followers.values()),
+                             *([self.evictor.stop()] if self.evictor else []))
 
     def loops(self, tenant: TenantId, timeline: TimelineId) -> list[SupervisedLoop]:
         follower = self.followers.get((tenant, timeline))
-        return [*([follower] if follower else []), self.listener]
+        return [*([follower] if follower else []), self.listener,
+                *([self.evictor] if self.evictor else [])]
+
+    async def _evict(self, loop: SupervisedLoop) -> None:
+        """Keep the local layer files under pageread.layer_disk_budget: evict the least
+        recently used ones that have a remote copy (the catalog says which)."""
+        files = self.layer_files
+        assert files is not None
+        budget = self.config.pageread.layer_disk_budget
+        loop.detail = f"budget {budget} bytes"
+        while not await loop.sleep(float(self.config.pageread.eviction_period)):
+            def run() -> int:
+                with self.sessions.begin() as s:
+                    uploaded = {timeline_dir(self.workdir, t, tl) / name
+                                for t, tl, name in repo.uploaded_layer_files(s)}
+                return len(files.evict_to(budget, uploaded))
+            n = await asyncio.to_thread(run)
+            st = files.stats
+            loop.detail = (f"budget {budget} bytes; evicted {st.evictions} files so far "
+                           f"({n} now); {st.ranged_gets} ranged GETs, {st.downloads} "
+                           "downloads")
 
     def timeline_dir(self, tenant: TenantId, timeline: TimelineId) -> Path:
         return timeline_dir(self.workdir, tenant, timeline)
@@ -118,7 +150,9 @@ class PageReadManager:
             if r is not None:
                 return r
             row, rows, leases = await asyncio.to_thread(self._load_rows, tenant, timeline)
-            layers = LayerMap(self.timeline_dir(tenant, timeline), [])
+            layers = LayerMap(self.timeline_dir(tenant, timeline), [],
+                              opener=self.layer_files.opener(tenant, timeline)
+                              if self.layer_files is not None else None)
             is_branch = row.ancestor_timeline_id is not None
             if (not row.wal_source and not is_branch) or row.state not in ("active",):
                 raise TimelineNotFound(f"Not found: timeline {timeline} of tenant {tenant} "

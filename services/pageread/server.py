@@ -226,7 +226,7 @@ class PageReadExtras(pageread_pb2_grpc.PageReadExtrasServicer):
 
 async def setup(ctx: ServiceContext) -> None:
     assert ctx.catalog is not None
-    manager = PageReadManager(ctx.catalog, ctx.workdir, ctx.config)
+    manager = PageReadManager(ctx.catalog, ctx.workdir, ctx.config, layer_files=ctx.layer_files)
     await manager.start()
     page_service_pb2_grpc.add_PageServiceServicer_to_server(PageService(manager), ctx.grpc.server)
     pageread_pb2_grpc.add_PageReadExtrasServicer_to_server(PageReadExtras(manager),

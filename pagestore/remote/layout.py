@@ -177,7 +177,7 @@ class IndexPart:
                     pitr_cutoff_lsn=_lsn(m["pitr_cutoff_lsn"]),
                     wal_source=m.get("wal_source")),
                 layers=tuple(sorted(layers, key=lambda d: (d.lsn_end, d.file_name))))
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             raise CorruptionError(f"{where}: not a valid index_part.json: {e}") from None
 
 
@@ -205,7 +205,7 @@ class TenantManifest:
             if not isinstance(config, dict):
                 raise ValueError("config is not a table")
             return cls(TenantId.parse(doc["tenant_id"]), int(doc["generation"]), config)
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             raise CorruptionError(f"{where}: not a valid tenant manifest: {e}") from None
 
 

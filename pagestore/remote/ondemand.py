@@ -76,11 +76,13 @@ class LayerSource:
     """The bytes of one layer file for one reader: the local file while it is on disk,
     else ranged GETs of its remote copy (pagestore.layers.format.ByteSource)."""
 
-    def __init__(self, files: LayerFiles, path: Path, key: str | None, file_size: int) -> None:
+    def __init__(self, files: LayerFiles, path: Path, key: str | None, file_size: int,
+                 checksum: int) -> None:
         self.files = files
         self.path = path
         self.key = key
         self.file_size = file_size
+        self.checksum = checksum  # a whole download must match it
         self.fd = -1
         self.lock = threading.Lock()
         self.closed = False
@@ -173,7 +175,7 @@ class LayerFiles:
         cls = ImageLayerReader if desc.is_image else DeltaLayerReader
         key = (layer_key(tenant, timeline, desc.file_name, desc.generation)
                if desc.uploaded and self.storage is not None else None)
-        source = LayerSource(self, path, key, desc.file_size)
+        source = LayerSource(self, path, key, desc.file_size, desc.checksum)
         if not source.open_local():
             if key is None:
                 raise LayerFileMissing(
@@ -187,6 +189,8 @@ class LayerFiles:
             self._sources.setdefault(path, weakref.WeakSet()).add(source)
             if source.fd >= 0:
                 self._access[path] = time.monotonic()
+            else:  # read by ranges again: a later burst of reads may download it
+                self._remote_reads.pop(path, None)
         try:
             return cls(path, source=source)
         except BaseException:
@@ -215,7 +219,14 @@ class LayerFiles:
         parts = source.path.parts  # .../tenants/<tenant>/timelines/<timeline>/<file>
         assert parts[-5] == "tenants" and parts[-3] == "timelines", source.path
         assert source.key is not None
-        self._download(source.path, source.key, source.file_size, None)
+        fut = self._download(source.path, source.key, source.file_size, source.checksum)
+        fut.add_done_callback(self._log_background_failure)
+
+    def _log_background_failure(self, fut: Future[Path]) -> None:
+        exc = fut.exception() if not fut.cancelled() else None
+        if exc is not None:
+            # Reads go on by ranges; a later open of the layer tries again.
+            log.warning("background download failed: %s", exc)
 
     def download(self, tenant: TenantId, timeline: TimelineId, desc: LayerDesc,
                  progress: Callable[[int], None] | None = None) -> Future[Path]:
@@ -227,7 +238,7 @@ class LayerFiles:
         key = layer_key(tenant, timeline, desc.file_name, desc.generation)
         return self._download(path, key, desc.file_size, desc.checksum, progress)
 
-    def _download(self, path: Path, key: str, size: int, checksum: int | None,
+    def _download(self, path: Path, key: str, size: int, checksum: int,
                   progress: Callable[[int], None] | None = None) -> Future[Path]:
         with self._lock:
             running = self._downloads.get(path)
@@ -246,7 +257,7 @@ class LayerFiles:
         with self._lock:
             self._downloads.pop(path, None)
 
-    def _fetch(self, path: Path, key: str, size: int, checksum: int | None,
+    def _fetch(self, path: Path, key: str, size: int, checksum: int,
                progress: Callable[[int], None] | None) -> Path:
         storage = self.storage
         assert storage is not None
@@ -256,11 +267,10 @@ class LayerFiles:
         try:
             got = retrying(lambda: storage.download(key, tmp), f"download of {key}")
             crc = file_checksum(tmp)
-            if got != size or (checksum is not None and crc != checksum):
+            if got != size or crc != checksum:
                 raise CorruptLayerError(
                     f"{storage.describe()}: {key}: downloaded {got} bytes with CRC32C "
-                    f"{crc:08X}; the index says {size} bytes" +
-                    (f" with CRC32C {checksum:08X}" if checksum is not None else ""))
+                    f"{crc:08X}; the index says {size} bytes with CRC32C {checksum:08X}")
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, path)

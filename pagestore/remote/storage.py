@@ -137,14 +137,18 @@ def join_prefix(prefix: str, key: str) -> str:
 
 
 def retrying(op: Callable[[], T], what: str, *, attempts: int = 6,
-             sleep: Callable[[float], None] = time.sleep) -> T:
+             sleep: Callable[[float], None] = time.sleep,
+             on_error: Callable[[RemoteStorageError], None] | None = None) -> T:
     """Run ``op``; on a transient RemoteStorageError wait (backoff) and run it again, up to
-    ``attempts`` times in all.  Permanent errors and the last failure propagate."""
+    ``attempts`` times in all.  Permanent errors and the last failure propagate.
+    ``on_error`` hears of every failure (a status line can show it at once)."""
     delay = RETRY_FIRST
     for attempt in range(1, attempts + 1):
         try:
             return op()
         except RemoteStorageError as e:
+            if on_error is not None:
+                on_error(e)
             if e.permanent or attempt == attempts:
                 raise
             log.warning("%s failed (attempt %d of %d), retrying in %.1fs: %s", what,

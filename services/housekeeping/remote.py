@@ -18,10 +18,11 @@ meanwhile), from one catalog snapshot of its layers and LSNs:
 Every step is retried on the next round when it fails; none moves
 remote_consistent_lsn past what is stored.
 
-Attach (``attach_tenant``): on a node whose catalog does not hold the tenant, find its
-timelines' newest indexes, take a generation above every one in the bucket, write the
-tenant manifest with it (which fences any older node), and register tenant, timelines
-(ancestors first) and layers (uploaded, not local).  The caller resumes ingest.  Detach
+Attach (``attach_tenant``): on a node whose catalog does not hold the tenant, take a
+generation above every one in the bucket and write the tenant manifest with it (which
+fences any older node: before it moves remote_consistent_lsn or deletes, a node checks
+for a newer manifest), then read the timelines' newest indexes and register tenant,
+timelines (ancestors first) and layers (uploaded, not local).  The caller resumes ingest.  Detach
 (``detach_tenant``): the caller stops ingest with a flush; an upload round runs; unless
 forced, the detach is refused while a layer or the last LSNs are not in the bucket; then
 the catalog rows and the local files go.
@@ -89,7 +90,8 @@ class _TimelineRemote:
 
     index: IndexPart | None = None       # the last index uploaded (or found at start)
     pending_deletes: set[str] = field(default_factory=set)  # object keys
-    failure: str = ""
+    failure: str = ""     # shown in `timeline status` ("" when the last round worked)
+    logged: str = ""      # the failure last logged (each one is logged once)
 
 
 class StaleGeneration(FailedPrecondition):
@@ -182,6 +184,9 @@ class RemoteSync:
         if st.index is None:
             st.index = retrying(lambda: read_latest_index(self.storage, tenant, timeline, gen),
                                 f"reading the index of timeline {timeline}")
+        def failed(e: Exception) -> None:
+            st.failure = f"retrying: {describe(e)}"
+
         directory = timeline_dir(self.workdir, tenant, timeline)
         todo = [d for d in layers if not d.uploaded]
         total = sum(d.file_size for d in todo)
@@ -190,7 +195,7 @@ class RemoteSync:
             key = layer_key(tenant, timeline, d.file_name, gen)
             path = directory / d.file_name
             retrying(lambda k=key, p=path: self.storage.put_file(k, p),  # type: ignore[misc]
-                     f"upload of {key}")
+                     f"upload of {key}", on_error=failed)
             with self.sessions.begin() as s:
                 repo.mark_uploaded(s, tenant, timeline, d.file_name, gen)
             uploaded[d.file_name] = dataclasses.replace(d, generation=gen)
@@ -219,7 +224,7 @@ class RemoteSync:
         if previous is None or previous.to_json() != index.to_json():
             raw = index.to_json()
             key = index_key(tenant, timeline, gen)
-            retrying(lambda: self.storage.put(key, raw), f"upload of {key}")
+            retrying(lambda: self.storage.put(key, raw), f"upload of {key}", on_error=failed)
             st.index = index
             if previous is not None:
                 kept = {(d.file_name, d.generation) for d in index.layers}
@@ -230,6 +235,10 @@ class RemoteSync:
                      "new_layers=%d bytes=%d", gen, index.disk_consistent_lsn,
                      len(index.layers), result.layers_uploaded, result.bytes_uploaded)
         if tl.remote_consistent_lsn < index.disk_consistent_lsn:
+            # A node attached since with a newer generation reads its own index: what this
+            # one stored from now on is not what it resumes from, so the WAL source must
+            # keep the WAL (ingest reports remote_consistent_lsn as its flush position).
+            self.validate_generation(tenant, gen)
             with self.sessions.begin() as s:
                 repo.advance_remote_consistent_lsn(s, tenant, timeline,
                                                    index.disk_consistent_lsn)
@@ -323,6 +332,13 @@ class RemoteSync:
         manifest = retrying(lambda: read_latest_manifest(self.storage, tenant),
                             f"reading the manifest of tenant {tenant}")
         config = dict(manifest.config) if manifest is not None else {}
+        # Claim the generation before reading the indexes: from here on a node attached
+        # with an older one stops moving its remote_consistent_lsn and deleting, so the
+        # indexes read next are the last it can make its WAL source forget.
+        raw = TenantManifest(tenant, gen, config).to_json()
+        key = manifest_key(tenant, gen)
+        retrying(lambda: self.storage.put(key, raw), f"upload of {key}")
+        progress(f"tenant {tenant}: generation {gen} claimed in {where}", 0, 0)
         indexes: dict[TimelineId, IndexPart] = {}
         for tl in timelines:
             idx = retrying(lambda t=tl: read_latest_index(self.storage, tenant, t),  # type: ignore[misc]
@@ -334,11 +350,6 @@ class RemoteSync:
                      f"({sum(d.file_size for d in idx.layers)} bytes), disk_consistent_lsn "
                      f"{idx.disk_consistent_lsn}", 0, 0)
         order = _ancestors_first(indexes)
-        # Claim the generation before registering anything: from here on an older node
-        # attached elsewhere finds itself stale and stops deleting.
-        raw = TenantManifest(tenant, gen, config).to_json()
-        key = manifest_key(tenant, gen)
-        retrying(lambda: self.storage.put(key, raw), f"upload of {key}")
         for tl in order:
             timeline_dir(self.workdir, tenant, tl).mkdir(parents=True, exist_ok=True)
         with self.sessions.begin() as s:

@@ -124,3 +124,25 @@ def test_empty_node_recovers_from_the_bucket(stack: StackRunner, pg_factory, wor
     assert index2 is not None and index2.generation == 2
     assert any(d.generation == 2 for d in index2.layers)
     assert target.keys(f"tenants/{tenant}/tenant-manifest-00000002.json")
+    if kind != "local":
+        return
+
+    # Detach refuses while the bucket lacks something (uploads fail), and ingest goes on;
+    # once uploads work it frees the local copy, and the tenant attaches again.
+    stack.allowed_errors += [r"upload failed", r"failed \(attempt"]
+    stack.run("failpoint", "housekeeping", "remote-upload", "return")
+    pgbench(primary, "-c", "2", "-t", "50")
+    more = Lsn.parse(primary.psql("SELECT pg_current_wal_flush_lsn()"))
+    wait_until(lambda: Lsn.parse(status(stack, tenant, timeline)["disk_consistent_lsn"])
+               >= more, timeout=120, what="flushed while uploads fail")
+    refused = stack.run("tenant", "detach", tenant, check=False, timeout=600)
+    assert refused.returncode != 0 and "not detached" in refused.stderr, refused.stderr
+    assert status(stack, tenant, timeline)["state"] == "active"
+    stack.run("failpoint", "housekeeping", "remote-upload", "off")
+    out = stack.run("tenant", "detach", tenant, timeout=600).stdout
+    assert f"tenant {tenant} detached" in out, out
+    assert not (stack.workdir / "tenants" / tenant).exists()
+    assert json.loads(stack.run("tenant", "list", "--json").stdout) == []
+    out = stack.run("tenant", "attach", tenant, "--warm", timeout=600).stdout
+    assert "attached with generation 3" in out and "downloaded" in out, out
+    assert Lsn.parse(status(stack, tenant, timeline)["remote_consistent_lsn"]) >= more

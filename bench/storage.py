@@ -46,15 +46,20 @@ def lsn_int(text: str) -> int:
     return (int(hi, 16) << 32) | int(lo, 16)
 
 
+def bench_primary(base: Path) -> PgCluster:
+    """The primary a benchmark streams from (not started)."""
+    return PgCluster(
+        datadir=base / "primary", port=free_port(), bin_dir=find_pg_bin_dir(),
+        logfile=base / "primary.log",
+        settings={"wal_level": "replica", "max_wal_senders": "5",
+                  "max_replication_slots": "5", "wal_keep_size": "'8GB'"})
+
+
 class Bench:
     def __init__(self, base: Path, soak: bool) -> None:
         self.base = base
         self.workdir = base / "ws"
-        self.primary = PgCluster(
-            datadir=base / "primary", port=free_port(), bin_dir=find_pg_bin_dir(),
-            logfile=base / "primary.log",
-            settings={"wal_level": "replica", "max_wal_senders": "5",
-                      "max_replication_slots": "5", "wal_keep_size": "'8GB'"})
+        self.primary = bench_primary(base)
         self.conn = ["-h", "127.0.0.1", "-p", str(self.primary.port), "-U", self.primary.user]
         self.soak = soak
         self.tenant = self.timeline = ""

@@ -98,7 +98,10 @@ def run_service(name: str, setup: Callable[[ServiceContext], Awaitable[None]], *
             if ctx.remote is not None:
                 log.info("remote storage: %s", ctx.remote.describe())
             ctx.layer_files = LayerFiles(workdir, ctx.remote, ranged=config.pageread.ranged_reads,
-                                         download_after=config.pageread.download_after_reads)
+                                         download_after=config.pageread.download_after_reads,
+                                         owner=name)
+            if ctx.remote is not None:
+                await asyncio.to_thread(ctx.layer_files.sweep)
         try:
             await setup(ctx)
             await service.start()

@@ -238,9 +238,14 @@ class LayerMap:
             if version <= self.version:
                 return False
             index = LayerIndex(layers)
+            # A reader opened before its layer was uploaded knows no remote copy: drop
+            # it once the layer has one (the next read opens it with its generation).
+            generations = {d.file_name: d.generation for d in layers}
+            before = {d.file_name: d.generation for d in self._index.layers}
             self._index = index
             self.version = version
-            for name in [n for n in self._readers if n not in index.names]:
+            for name in [n for n in self._readers
+                         if n not in index.names or generations[n] != before.get(n)]:
                 del self._readers[name]
             return True
 

@@ -19,6 +19,7 @@ from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
     HttpResponseError,
+    ResourceExistsError,
     ResourceNotFoundError,
 )
 from azure.storage.blob import BlobServiceClient, LinearRetry
@@ -107,6 +108,15 @@ class AzureRemoteStorage(RemoteStorage):
         except Exception as e:
             self._fail("put", key, e)
 
+    def _put_new(self, key: str, data: bytes) -> bool:
+        try:
+            self._container.upload_blob(self._key(key), data, overwrite=False)
+            return True
+        except ResourceExistsError:
+            return False
+        except Exception as e:
+            self._fail("put", key, e)
+
     def _put_file(self, key: str, path: Path) -> None:
         with open(path, "rb") as f:
             size = f.seek(0, 2)
@@ -130,15 +140,13 @@ class AzureRemoteStorage(RemoteStorage):
             self._fail("get", key, e)
 
     def _download(self, key: str, path: Path) -> int:
-        try:
-            stream = self._container.download_blob(self._key(key), max_concurrency=2)
-            with open(path, "wb") as f:
+        with open(path, "wb") as f:  # a local error here is not the store's
+            try:
+                stream = self._container.download_blob(self._key(key), max_concurrency=2)
                 size: int = stream.readinto(f)
-            return size
-        except OSError:
-            raise
-        except Exception as e:
-            self._fail("download", key, e)
+                return size
+            except AzureError as e:
+                self._fail("download", key, e)
 
     def list(self, prefix: str) -> list[RemoteObject]:
         full = self._key(prefix)

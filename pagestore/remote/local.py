@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from pagestore.errors import RemoteObjectNotFound, RemoteStorageError
+from pagestore.layers.format import fsync_directory
 from pagestore.remote.storage import RemoteObject, RemoteStorage
 
 _TEMP = ".___remote_temp"
@@ -47,32 +48,42 @@ class LocalRemoteStorage(RemoteStorage):
             raise ValueError(f"bad remote key {key!r}")
         return self.root / key
 
-    def _write(self, key: str, fill: object) -> None:
+    def _write(self, key: str, fill: bytes | Path, *, exclusive: bool = False) -> bool:
+        """Write a temporary file next to the target, fsync it, then rename it over the
+        target (or, ``exclusive``, link it: False when the target exists)."""
         target = self._path(key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f"{target.name}.{secrets.token_hex(4)}{_TEMP}")
-            with open(tmp, "wb") as f:
-                if isinstance(fill, bytes):
-                    f.write(fill)
-                else:
-                    assert isinstance(fill, Path)
-                    with open(fill, "rb") as src:
-                        shutil.copyfileobj(src, f, 1024 * 1024)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-            fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
             try:
-                os.fsync(fd)
+                with open(tmp, "wb") as f:
+                    if isinstance(fill, bytes):
+                        f.write(fill)
+                    else:
+                        with open(fill, "rb") as src:
+                            shutil.copyfileobj(src, f, 1024 * 1024)
+                    f.flush()
+                    os.fsync(f.fileno())
+                if exclusive:
+                    try:
+                        os.link(tmp, target)  # an atomic create: fails if it exists
+                    except FileExistsError:
+                        return False
+                else:
+                    os.replace(tmp, target)
             finally:
-                os.close(fd)
+                tmp.unlink(missing_ok=True)
+            fsync_directory(target.parent)
+            return True
         except FileNotFoundError as e:
             if isinstance(fill, Path) and not fill.exists():
                 raise  # the local source is gone: the caller's business, not storage's
             raise RemoteStorageError(f"{self.describe()}: put {key}: {e}") from None
         except OSError as e:
             raise RemoteStorageError(f"{self.describe()}: put {key}: {e}") from None
+
+    def _put_new(self, key: str, data: bytes) -> bool:
+        return self._write(key, data, exclusive=True)
 
     def _put(self, key: str, data: bytes) -> None:
         self._write(key, data)

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pagestore.errors import CorruptLayerError, LayerFileMissing
+from pagestore.errors import CorruptLayerError, LayerFileMissing, RemoteObjectNotFound
 from pagestore.layers.delta import DeltaLayerReader
-from pagestore.layers.format import file_checksum, fsync_directory
+from pagestore.layers.format import file_checksum, fsync_directory, temp_writer
 from pagestore.layers.image import ImageLayerReader
 from pagestore.layers.names import TEMP_SUFFIX, parse_layer_name
 from pagestore.remote.layout import layer_key
@@ -52,8 +52,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: The writer tag of a download's temporary file (format.temp_writer reads it).
-DOWNLOAD_WRITER = "download"
+#: The writer tag of a download's temporary file (format.temp_writer reads it), followed
+#: by the service's name: each service sweeps only what its own downloads left.
+DOWNLOAD_WRITER = "download_"
 DEFAULT_DOWNLOAD_AFTER = 8
 
 
@@ -119,6 +120,7 @@ class LayerSource:
             if self.closed:
                 raise ValueError(f"layer file {self.path} is closed")
             if self.fd >= 0:
+                self.files.touch(self.path)
                 return os.pread(self.fd, size, offset)
         if self.key is None:
             raise LayerFileMissing(f"layer file {self.path} left local disk and has no "
@@ -142,8 +144,9 @@ class LayerFiles:
     """Opens a node's layer files from local disk or remote storage (module docstring)."""
 
     def __init__(self, workdir: Path, storage: RemoteStorage | None, *, ranged: bool = True,
-                 download_after: int = DEFAULT_DOWNLOAD_AFTER) -> None:
+                 download_after: int = DEFAULT_DOWNLOAD_AFTER, owner: str = "local") -> None:
         self.workdir = workdir
+        self.writer = DOWNLOAD_WRITER + owner
         self.storage = storage
         self.ranged = ranged
         self.download_after = download_after
@@ -157,6 +160,20 @@ class LayerFiles:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def sweep(self) -> int:
+        """Remove what this owner's interrupted downloads left (at start)."""
+        removed = 0
+        for tl_dir in (self.workdir / "tenants").glob("*/timelines/*"):
+            with contextlib.suppress(FileNotFoundError):
+                for entry in os.scandir(tl_dir):
+                    if temp_writer(entry.name) == self.writer:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(entry.path)
+                            removed += 1
+        if removed:
+            log.info("removed %d leftover download files", removed)
+        return removed
 
     # ------------------------------------------------------------------ opening
     def opener(self, tenant: TenantId, timeline: TimelineId
@@ -182,7 +199,12 @@ class LayerFiles:
                     f"layer file {path} is in the layer map but not on local disk "
                     "(removed by compaction or GC since the map was read?)")
             if whole or not self.ranged:
-                self.download(tenant, timeline, desc).result()
+                try:
+                    self.download(tenant, timeline, desc).result()
+                except RemoteObjectNotFound:
+                    raise LayerFileMissing(f"layer {desc.file_name} is neither on local disk "
+                                           f"nor in remote storage ({key}): replaced since "
+                                           "the map was read?") from None
                 if not source.open_local():
                     raise LayerFileMissing(f"layer file {path} was downloaded and is gone")
         with self._lock:
@@ -205,10 +227,19 @@ class LayerFiles:
         storage = self.storage
         assert storage is not None and source.key is not None
         key = source.key
-        data = retrying(lambda: storage.get(key, start, end), f"ranged read of {key}")
+        try:
+            data = retrying(lambda: storage.get(key, start, end), f"ranged read of {key}")
+        except RemoteObjectNotFound:
+            # Compaction or GC replaced the layer and its remote copy went after the next
+            # index: the reader's map is old; it reloads and retries.
+            raise LayerFileMissing(f"layer {source.path.name} is neither on local disk nor "
+                                   f"in remote storage ({key}): replaced since the map was "
+                                   "read?") from None
+        source_touch = time.monotonic()
         with self._lock:
             self.stats.ranged_gets += 1
             self.stats.ranged_bytes += len(data)
+            self._access[source.path] = source_touch
             n = self._remote_reads.get(source.path, 0) + 1
             self._remote_reads[source.path] = n
         if n == self.download_after:
@@ -220,12 +251,19 @@ class LayerFiles:
         assert parts[-5] == "tenants" and parts[-3] == "timelines", source.path
         assert source.key is not None
         fut = self._download(source.path, source.key, source.file_size, source.checksum)
-        fut.add_done_callback(self._log_background_failure)
+        path = source.path
+
+        def done(f: Future[Path]) -> None:
+            if not f.cancelled() and f.exception() is not None:
+                with self._lock:
+                    self._remote_reads.pop(path, None)
+            self._log_background_failure(f)
+        fut.add_done_callback(done)
 
     def _log_background_failure(self, fut: Future[Path]) -> None:
         exc = fut.exception() if not fut.cancelled() else None
         if exc is not None:
-            # Reads go on by ranges; a later open of the layer tries again.
+            # Reads go on by ranges; another download_after of them try again.
             log.warning("background download failed: %s", exc)
 
     def download(self, tenant: TenantId, timeline: TimelineId, desc: LayerDesc,
@@ -262,7 +300,7 @@ class LayerFiles:
         storage = self.storage
         assert storage is not None
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{DOWNLOAD_WRITER}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
+        tmp = path.with_name(f"{path.name}.{self.writer}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
         t0 = time.monotonic()
         try:
             got = retrying(lambda: storage.download(key, tmp), f"download of {key}")
@@ -315,8 +353,13 @@ class LayerFiles:
         total = sum(files.values())
         if total <= budget:
             return []
+        now = time.monotonic()
+        with self._lock:
+            for p in files:  # written or downloaded by another service: as if used now
+                self._access.setdefault(p, now)
+            last_use = dict(self._access)
         candidates = [p for p in files if p in uploaded]
-        candidates.sort(key=lambda p: self._access.get(p, 0.0))
+        candidates.sort(key=lambda p: last_use[p])
         evicted: list[Path] = []
         for p in candidates:
             if total <= budget:
@@ -326,7 +369,8 @@ class LayerFiles:
                 self._access.pop(p, None)
                 self._remote_reads.pop(p, None)
             for s in sources:
-                s.drop_local()
+                if s.key is not None:  # else it keeps reading the unlinked file
+                    s.drop_local()
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
             total -= files[p]

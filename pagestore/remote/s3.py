@@ -92,6 +92,18 @@ class S3RemoteStorage(RemoteStorage):
         except Exception as e:
             self._fail("put", key, e)
 
+    def _put_new(self, key: str, data: bytes) -> bool:
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
+                                    IfNoneMatch="*")
+            return True
+        except botocore.exceptions.ClientError as e:
+            if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
+                return False
+            self._fail("put", key, e)
+        except Exception as e:
+            self._fail("put", key, e)
+
     def _put_file(self, key: str, path: Path) -> None:
         with open(path, "rb") as f:
             size = f.seek(0, 2)
@@ -114,18 +126,16 @@ class S3RemoteStorage(RemoteStorage):
             self._fail("get", key, e)
 
     def _download(self, key: str, path: Path) -> int:
-        try:
-            resp = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
-            size = 0
-            with open(path, "wb") as f:
+        with open(path, "wb") as f:  # a local error here is not the store's
+            try:
+                resp = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
+                size = 0
                 for chunk in resp["Body"].iter_chunks(1024 * 1024):
                     f.write(chunk)
                     size += len(chunk)
-            return size
-        except OSError:
-            raise
-        except Exception as e:
-            self._fail("download", key, e)
+                return size
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+                self._fail("download", key, e)
 
     def list(self, prefix: str) -> list[RemoteObject]:
         full = self._key(prefix)

@@ -5,6 +5,8 @@ Keys are '/'-separated paths relative to the backend's prefix (``prefix_in_bucke
 Operations:
 
     put(key, data)            store an object whole (replaces one of the same key)
+    put_new(key, data)        store it only if no object of that key exists (False if one
+                              does): S3 If-None-Match, Azure overwrite=False, O_EXCL
     put_file(key, path)       the same from a local file, streamed
     get(key, start, end)      the object's bytes, or the byte range [start, end)
     download(key, path)       stream an object into a local file (the caller renames it)
@@ -71,6 +73,9 @@ class RemoteStorage(abc.ABC):
     def _put(self, key: str, data: bytes) -> None: ...
 
     @abc.abstractmethod
+    def _put_new(self, key: str, data: bytes) -> bool: ...
+
+    @abc.abstractmethod
     def _put_file(self, key: str, path: Path) -> None: ...
 
     @abc.abstractmethod
@@ -95,6 +100,11 @@ class RemoteStorage(abc.ABC):
     def put(self, key: str, data: bytes) -> None:
         _failpoint("remote-upload", self, key)
         self._put(key, data)
+
+    def put_new(self, key: str, data: bytes) -> bool:
+        """Create the object; False (nothing written) when it exists already."""
+        _failpoint("remote-upload", self, key)
+        return self._put_new(key, data)
 
     def put_file(self, key: str, path: Path) -> None:
         _failpoint("remote-upload", self, key)

@@ -175,9 +175,13 @@ class RemoteSync:
         if tenant in self.stale:
             raise StaleGeneration(self.stale[tenant])
         with self.sessions.begin() as s:
+            # First in its transaction: the layers and LSNs of one REPEATABLE READ snapshot.
+            tl, layers = repo.read_layer_map(s, tenant, timeline)
+        if tl.state not in ("active", "broken"):
+            raise FailedPrecondition(f"timeline {timeline} is {tl.state}: not uploaded")
+        with self.sessions.begin() as s:
             gen = repo.get_tenant(s, tenant).generation
             config = repo.get_tenant_config(s, tenant)
-            tl, layers = repo.read_layer_map(s, tenant, timeline)
         result = UploadResult(generation=gen)
         self._ensure_manifest(tenant, gen, config)
         st = self._state((tenant, timeline))
@@ -290,9 +294,9 @@ class RemoteSync:
             raise StaleGeneration(reason)
 
     def forget(self, tenant: TenantId, timeline: TimelineId | None = None) -> None:
-        for key in [k for k in self._timelines
+        for key in [k for k in list(self._timelines)
                     if k[0] == tenant and (timeline is None or k[1] == timeline)]:
-            del self._timelines[key]
+            self._timelines.pop(key, None)
         if timeline is None:
             self._manifests.pop(tenant, None)
             self.stale.pop(tenant, None)
@@ -337,7 +341,9 @@ class RemoteSync:
         # indexes read next are the last it can make its WAL source forget.
         raw = TenantManifest(tenant, gen, config).to_json()
         key = manifest_key(tenant, gen)
-        retrying(lambda: self.storage.put(key, raw), f"upload of {key}")
+        if not retrying(lambda: self.storage.put_new(key, raw), f"upload of {key}"):
+            raise FailedPrecondition(f"tenant {tenant}: another node claimed generation {gen} "
+                                     "at the same time (two attaches at once?): retry")
         progress(f"tenant {tenant}: generation {gen} claimed in {where}", 0, 0)
         indexes: dict[TimelineId, IndexPart] = {}
         for tl in timelines:

@@ -55,7 +55,7 @@ from services.housekeeping.tenants import TenantManager
 T = TypeVar("T")
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from pagestore.catalog.repo import TenantRecord, TimelineRecord
     from pagestore.layers.desc import LayerDesc
@@ -209,10 +209,10 @@ class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
             objects_deleted=r.objects_deleted, remote_consistent_lsn=r.remote_consistent_lsn,
             generation=r.generation)
 
-    async def _with_progress(self, run: Callable[[Progress], T]
+    async def _with_progress(self, run: Callable[[Progress], Awaitable[T]]
                              ) -> AsyncIterator[housekeeping_pb2.TenantProgress | T]:
-        """Run ``run(progress)`` in a thread; yield its progress messages as they come,
-        then its result."""
+        """Run ``run(progress)``; yield the progress messages it reports (from any
+        thread) as they come, then its result."""
         queue: asyncio.Queue[housekeeping_pb2.TenantProgress] = asyncio.Queue()
         loop = asyncio.get_running_loop()
 
@@ -220,7 +220,7 @@ class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
             loop.call_soon_threadsafe(queue.put_nowait, housekeeping_pb2.TenantProgress(
                 message=message, done_bytes=done, total_bytes=total))
 
-        job = asyncio.ensure_future(asyncio.to_thread(run, progress))
+        job = asyncio.ensure_future(run(progress))
         while not job.done() or not queue.empty():
             with contextlib.suppress(TimeoutError):
                 yield await asyncio.wait_for(queue.get(), 0.2)
@@ -231,16 +231,14 @@ class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
         remote = self._remote()
         tid = parse_tenant_id(request.tenant_id)
         rec: TenantRecord | None = None
-        async for item in self._with_progress(lambda p: remote.attach_tenant(tid, p)):
+        async for item in self._with_progress(
+                lambda p: asyncio.to_thread(remote.attach_tenant, tid, p)):
             if isinstance(item, housekeeping_pb2.TenantProgress):
                 yield item
             else:
                 rec = item
         assert rec is not None
-        if request.warm:
-            async for got in self._with_progress(lambda p: remote.warm(tid, p)):
-                if isinstance(got, housekeeping_pb2.TenantProgress):
-                    yield got
+        # Ingest first: the WAL source's slot is holding WAL for it; warming can wait.
         for tl in await asyncio.to_thread(self.tenants.list_timelines, tid):
             if not tl.wal_source:
                 continue
@@ -249,10 +247,17 @@ class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
                     common_pb2.TimelineRef(tenant_id=str(tid), timeline_id=str(tl.timeline_id)),
                     timeout=ATTACH_TIMEOUT)
             except grpc.aio.AioRpcError as e:
-                raise from_rpc_error(e) from None
+                err = from_rpc_error(e)
+                raise type(err)(f"tenant {tid} is attached, but ingest did not resume timeline "
+                                f"{tl.timeline_id}: {err.message} (it resumes when the ingest "
+                                "service restarts)") from None
             yield housekeeping_pb2.TenantProgress(
                 message=f"timeline {tl.timeline_id}: ingest resumed from "
                         f"{Lsn(lsns.disk_consistent_lsn)} ({mask_conninfo(tl.wal_source)})")
+        if request.warm:
+            async for got in self._with_progress(lambda p: asyncio.to_thread(remote.warm, tid, p)):
+                if isinstance(got, housekeeping_pb2.TenantProgress):
+                    yield got
         yield housekeeping_pb2.TenantProgress(
             message=f"tenant {tid} attached with generation {rec.generation}",
             tenant=tenant_info(rec))
@@ -263,39 +268,55 @@ class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
         tid = parse_tenant_id(request.tenant_id)
         rec = await asyncio.to_thread(self.tenants.get_tenant, tid)
         timelines = await asyncio.to_thread(self.tenants.list_timelines, tid)
-        stopped = []
-        for tl in timelines:
-            if not tl.wal_source or tl.state not in ("active", "broken"):
-                continue
-            ref = common_pb2.TimelineRef(tenant_id=str(tid), timeline_id=str(tl.timeline_id))
-            try:
-                await self.ingest().DetachTimeline(
-                    ingest_pb2.DetachTimelineRequest(timeline=ref, flush=True), timeout=60)
+        stopped: list[common_pb2.TimelineRef] = []
+        detached = False
+        try:
+            for tl in timelines:
+                if not tl.wal_source or tl.state not in ("active", "broken"):
+                    continue
+                ref = common_pb2.TimelineRef(tenant_id=str(tid), timeline_id=str(tl.timeline_id))
+                # Resumed below if anything fails, even this stop (ingest forgets the
+                # timeline before it reports a flush that ran out of time).
                 stopped.append(ref)
-            except grpc.aio.AioRpcError as e:
-                err = from_rpc_error(e)
-                if not isinstance(err, NotFound):
-                    raise err from None
-            yield housekeeping_pb2.TenantProgress(
-                message=f"timeline {tl.timeline_id}: ingest stopped and flushed")
-        problems: list[str] = []
-        for tl in timelines:
-            try:
-                r = await remote.sync(tid, tl.timeline_id)
-                yield housekeeping_pb2.TenantProgress(
-                    message=f"timeline {tl.timeline_id}: uploaded {r.layers_uploaded} layers "
-                            f"({r.bytes_uploaded} bytes), remote_consistent_lsn "
-                            f"{Lsn(r.remote_consistent_lsn)}", done_bytes=r.bytes_uploaded)
-            except Exception as e:
-                problems.append(f"timeline {tl.timeline_id}: upload failed: {describe(e)}")
-        problems += await asyncio.to_thread(remote.check_detachable, tid)
-        if problems and not request.force:
-            for ref in stopped:  # ingest goes on: nothing was dropped
-                with contextlib.suppress(grpc.aio.AioRpcError):
-                    await self.ingest().ResumeTimeline(ref, timeout=ATTACH_TIMEOUT)
-            raise FailedPrecondition(
-                f"tenant {tid} not detached: " + "; ".join(problems) +
-                " (retry when remote storage works, or force it and lose that data)")
+                try:
+                    await self.ingest().DetachTimeline(
+                        ingest_pb2.DetachTimelineRequest(timeline=ref, flush=True), timeout=60)
+                    yield housekeeping_pb2.TenantProgress(
+                        message=f"timeline {tl.timeline_id}: ingest stopped and flushed")
+                except grpc.aio.AioRpcError as e:
+                    err = from_rpc_error(e)
+                    if not isinstance(err, NotFound):
+                        raise err from None
+            problems: list[str] = []
+            for tl in timelines:
+                try:
+                    async for item in self._with_progress(
+                            lambda p, t=tl.timeline_id: remote.sync(tid, t, p)):  # type: ignore[misc]
+                        if isinstance(item, housekeeping_pb2.TenantProgress):
+                            yield item
+                        else:
+                            yield housekeeping_pb2.TenantProgress(
+                                message=f"timeline {tl.timeline_id}: uploaded "
+                                        f"{item.layers_uploaded} layers ({item.bytes_uploaded} "
+                                        f"bytes), remote_consistent_lsn "
+                                        f"{Lsn(item.remote_consistent_lsn)}")
+                except Exception as e:
+                    problems.append(f"timeline {tl.timeline_id}: upload failed: {describe(e)}")
+            problems += await asyncio.to_thread(remote.check_detachable, tid)
+            if problems and not request.force:
+                raise FailedPrecondition(
+                    f"tenant {tid} not detached: " + "; ".join(problems) +
+                    " (retry when remote storage works, or force it and lose that data)")
+            detached = True
+        finally:
+            if not detached:
+                for ref in stopped:  # ingest goes on: nothing was dropped
+                    try:
+                        await self.ingest().ResumeTimeline(ref, timeout=ATTACH_TIMEOUT)
+                    except grpc.aio.AioRpcError as e:
+                        log.error("could not resume ingest after a refused detach: %s "
+                                  "(it resumes when ingest restarts) tenant=%s timeline=%s",
+                                  from_rpc_error(e).message, tid, ref.timeline_id)
         for p in problems:
             log.warning("detach by force loses: %s tenant=%s", p, tid)
         await asyncio.to_thread(remote.drop_local, tid)
@@ -432,11 +453,17 @@ class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
                 if not isinstance(err, NotFound):
                     raise err from None
 
-        note = await self.tenants.delete_timeline(tid, tlid, detach=detach,
-                                                  force=request.force)
-        if self.remote is not None:
-            n = await asyncio.to_thread(self.remote.delete_timeline_objects, tid, tlid)
-            note += f"; {n} remote objects deleted"
+        remote = self.remote
+
+        async def remove_remote() -> str:
+            assert remote is not None
+            async with self.housekeeper.lock(tid, tlid):  # no upload round meanwhile
+                n = await asyncio.to_thread(remote.delete_timeline_objects, tid, tlid)
+            return f"{n} remote objects deleted"
+
+        note = await self.tenants.delete_timeline(
+            tid, tlid, detach=detach, force=request.force,
+            remove_remote=remove_remote if remote is not None else None)
         return housekeeping_pb2.DeleteTimelineResponse(slot_note=note)
 
 

@@ -187,9 +187,12 @@ class TenantManager:
             name=name, status="present", restart_lsn=int(slot.restart_lsn or 0), note=note)
 
     async def delete_timeline(self, tenant_id: TenantId, timeline_id: TimelineId, *,
-                              detach: Callable[[], Awaitable[None]], force: bool) -> str:
-        """Stop ingest (``detach``), drop the slot, remove the rows and the files.
-        Returns what became of the slot."""
+                              detach: Callable[[], Awaitable[None]], force: bool,
+                              remove_remote: Callable[[], Awaitable[str]] | None = None) -> str:
+        """Stop ingest (``detach``), drop the slot, remove the remote objects (with remote
+        storage on: ``remove_remote``; before the rows, so a failure leaves the timeline
+        in the catalog to delete again, never an index that would bring it back), then
+        the rows and the files.  Returns what became of the slot and the objects."""
         def begin() -> repo.TimelineRecord:
             with self.sessions.begin() as s:
                 rec = repo.get_timeline(s, tenant_id, timeline_id)
@@ -221,6 +224,16 @@ class TenantManager:
                 note = (f"NOT dropped ({reason}): drop it by hand on the source: "
                         f"SELECT pg_drop_replication_slot('{name}')")
                 log.warning("timeline deleted by force; %s", note)
+
+        if remove_remote is not None:
+            try:
+                note += "; " + await remove_remote()
+            except PagestoreError as e:
+                reason = f"its remote objects could not be deleted: {describe(e)}"
+                await asyncio.to_thread(self._set_reason, tenant_id, timeline_id,
+                                        f"delete incomplete: {reason}")
+                raise FailedPrecondition(f"timeline {timeline_id} not deleted: {reason}; "
+                                         "retry when remote storage works") from None
 
         def finish() -> None:
             with self.sessions.begin() as s:

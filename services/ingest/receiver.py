@@ -6,8 +6,9 @@ Two supervised loops (pagestore.supervise) per timeline:
 - ``receiver``: one replication session per run.  Streaming uses the timeline's
   physical slot (``pagestore_<timeline id>``) and starts at last_record_lsn (after a
   restart that equals disk_consistent_lsn; the slot keeps the WAL from there).  The
-  flush position sent to the source is disk_consistent_lsn, never more: the slot's
-  restart_lsn follows it, so the source keeps whatever is not yet in a registered layer.
+  flush position sent to the source is disk_consistent_lsn, never more (with remote
+  storage on, remote_consistent_lsn when that is lower: what the bucket holds); the
+  slot's restart_lsn follows it, so the source keeps whatever is not yet durable.
   write = the end of the WAL received; apply = flush.  A session the source ends, or a
   connection or protocol failure, is run again after a backoff.  Any other failure
   (corrupt or unsupported WAL, a bug) may have left the in-memory state half-way through

@@ -38,6 +38,7 @@ from pagestore.errors import (
     FailedPrecondition,
     LsnOutOfRange,
     PagestoreError,
+    TenantNotFound,
     TimelineNotFound,
     Unavailable,
     from_rpc_error,
@@ -91,10 +92,10 @@ class PageReadManager:
         self._redo: redo_pb2_grpc.RedoAsyncStub | None = None
         self._ctx: dict[tuple[TenantId, TimelineId], RedoContext] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        # With remote storage and a local budget: evicts least recently used layers.
+        # With remote storage: keeps the local layers under the budget (if one is set) by
+        # evicting the least recently used, and shows what came over the network.
         self.evictor: SupervisedLoop | None = None
-        if (layer_files is not None and layer_files.storage is not None
-                and config.pageread.layer_disk_budget > 0):
+        if layer_files is not None and layer_files.storage is not None:
             self.evictor = SupervisedLoop("pageread", "eviction", self._evict,
                                           restart_on_return=True)
 
@@ -122,18 +123,19 @@ class PageReadManager:
         files = self.layer_files
         assert files is not None
         budget = self.config.pageread.layer_disk_budget
-        loop.detail = f"budget {budget} bytes"
+        shown = f"budget {budget} bytes" if budget else "no budget"
+        loop.detail = shown
         while not await loop.sleep(float(self.config.pageread.eviction_period)):
             def run() -> int:
                 with self.sessions.begin() as s:
                     uploaded = {timeline_dir(self.workdir, t, tl) / name
                                 for t, tl, name in repo.uploaded_layer_files(s)}
                 return len(files.evict_to(budget, uploaded))
-            n = await asyncio.to_thread(run)
+            n = await asyncio.to_thread(run) if budget else 0
             st = files.stats
-            loop.detail = (f"budget {budget} bytes; evicted {st.evictions} files so far "
-                           f"({n} now); {st.ranged_gets} ranged GETs, {st.downloads} "
-                           "downloads")
+            loop.detail = (f"{shown}; evicted {st.evictions} files so far ({n} now); "
+                           f"{st.ranged_gets} ranged GETs ({st.ranged_bytes} bytes), "
+                           f"{st.downloads} downloads ({st.download_bytes} bytes)")
 
     def timeline_dir(self, tenant: TenantId, timeline: TimelineId) -> Path:
         return timeline_dir(self.workdir, tenant, timeline)
@@ -167,13 +169,15 @@ class PageReadManager:
                                redo=lambda chains, k=key: self._redo_chains(k, chains),  # type: ignore[misc]
                                cache_pages=cfg.page_cache_pages,
                                max_tail_bytes=cfg.max_tail_bytes,
-                               refresh=lambda lsn, k=key: self._reload_now(k, lsn))  # type: ignore[misc]
+                               refresh=lambda lsn, k=key: self._reload_now(k, lsn),  # type: ignore[misc]
+                               offload=self.layer_files is not None
+                               and self.layer_files.storage is not None)
             r.apply_layer_map(row.layers_version, rows, row.disk_consistent_lsn)
             r.leases = leases
             if ancestor is not None:
                 assert row.ancestor_lsn is not None
                 r.set_ancestor(ancestor, row.ancestor_lsn)
-            raw = r.image(controlfile_key(), Lsn(Lsn.MAX - 1))
+            raw = await r.run(r.image, controlfile_key(), Lsn(Lsn.MAX - 1))
             self._ctx[key] = RedoContext.from_control_file(raw) if raw else RedoContext()
             self.readers[key] = r
             if row.wal_source:  # a branch without a compute writing to it has no new WAL
@@ -238,6 +242,11 @@ class PageReadManager:
             try:
                 row, rows, leases = await asyncio.to_thread(self._load_rows, r.tenant_id,
                                                     r.timeline_id)
+            except TenantNotFound:
+                # The whole tenant left (detached): the timeline goes with it.
+                self._forget(r.tenant_id, r.timeline_id)
+                raise TimelineNotFound(f"timeline {r.timeline_id} of tenant {r.tenant_id} "
+                                       "not found (the tenant is gone)") from None
             except TimelineNotFound:
                 self._forget(r.tenant_id, r.timeline_id)
                 raise

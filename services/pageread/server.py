@@ -138,7 +138,8 @@ class PageService(page_service_pb2_grpc.PageServiceServicer):
                          context: Context) -> pb.GetRelSizeResponse:
         r = await self._reader(context)
         lsn = await self._effective(r, request.read_lsn)
-        n = r.rel_size(rel_tag(request.rel), lsn, allow_missing=request.allow_missing)
+        n = await r.run(r.rel_size, rel_tag(request.rel), lsn,
+                        allow_missing=request.allow_missing)
         if n is None:
             return pb.GetRelSizeResponse(num_blocks=0, missing=True)
         return pb.GetRelSizeResponse(num_blocks=n)
@@ -147,7 +148,7 @@ class PageService(page_service_pb2_grpc.PageServiceServicer):
                         context: Context) -> pb.GetDbSizeResponse:
         r = await self._reader(context)
         lsn = await self._effective(r, request.read_lsn)
-        return pb.GetDbSizeResponse(num_bytes=r.db_size(request.db_oid, lsn))
+        return pb.GetDbSizeResponse(num_bytes=await r.run(r.db_size, request.db_oid, lsn))
 
     async def GetSlruSegment(self, request: pb.GetSlruSegmentRequest,
                              context: Context) -> pb.GetSlruSegmentResponse:
@@ -221,7 +222,7 @@ class PageReadExtras(pageread_pb2_grpc.PageReadExtrasServicer):
             pageread_pb2.RelationFork(spc_oid=rel.spcnode, db_oid=rel.dbnode,
                                       rel_number=rel.relnode, fork_number=rel.forknum,
                                       num_blocks=n)
-            for rel, n in r.list_relations(request.spc_oid, request.db_oid, lsn)])
+            for rel, n in await r.run(r.list_relations, request.spc_oid, request.db_oid, lsn)])
 
 
 async def setup(ctx: ServiceContext) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pagestore.errors import BadRequest, LsnOutOfRange, LsnTimeout, NotFound
 from pagestore.keys import (
@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     from pagestore.layers.layermap import LayerMap, ValueChain
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 ZERO_PAGE = bytes(BLCKSZ)
 
@@ -154,8 +156,11 @@ class TimelineReader:
                  min_readable_lsn: Lsn, gc_cutoff_lsn: Lsn, wait_timeout: float,
                  redo: Callable[[list[ValueChain]], Awaitable[list[bytes | Exception]]],
                  cache_pages: int, max_tail_bytes: int | None = None,
-                 refresh: Callable[[Lsn], bool] | None = None) -> None:
+                 refresh: Callable[[Lsn], bool] | None = None, offload: bool = False) -> None:
         self.tenant_id = tenant_id
+        # With remote storage on, a lookup may wait for ranged GETs or a download: reads
+        # then run in worker threads, never on the event loop (``run``).
+        self.offload = offload
         self.timeline_id = timeline_id
         self.layers = layers
         self.tail = RecentTail() if max_tail_bytes is None else RecentTail(
@@ -182,6 +187,13 @@ class TimelineReader:
         self.view.ancestor_lsn = ancestor_lsn
 
     # the read path (pagestore.timeline) -------------------------------------
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args)`` of the read path: in a worker thread when layers may have to come
+        from remote storage, else here (a local lookup costs microseconds)."""
+        if self.offload:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        return fn(*args, **kwargs)
+
     def chain(self, key: Key, lsn: Lsn) -> ValueChain:
         return self.view.chain(key, lsn)
 
@@ -258,7 +270,7 @@ class TimelineReader:
 
     # ------------------------------------------------------------------ metadata
     async def slru_segment(self, kind: SlruKind, segno: int, lsn: Lsn) -> bytes:
-        n = self.view.slru_segment_blocks(kind, segno, lsn)
+        n = await self.run(self.view.slru_segment_blocks, kind, segno, lsn)
         pages = await self.pages([slru_block_key(kind, segno, b) for b in range(n)], lsn)
         return b"".join(p[:BLCKSZ] for p in pages)
 
@@ -267,12 +279,19 @@ class TimelineReader:
         """Pages of ``keys`` as of ``lsn``; one redo batch for all that need redo."""
         out: list[bytes | None] = [None] * len(keys)
         todo: list[tuple[int, ValueChain]] = []
+        need: list[int] = []
         for i, key in enumerate(keys):
             cached = self.cache.get(key, lsn)
             if cached is not None:
                 out[i] = cached
-                continue
-            chain = self.chain(key, lsn)
+            else:
+                need.append(i)
+        if self.offload and need:
+            chains = await asyncio.to_thread(lambda: [self.chain(keys[i], lsn) for i in need])
+        else:
+            chains = [self.chain(keys[i], lsn) for i in need]
+        for i, chain in zip(need, chains, strict=True):
+            key = keys[i]
             if not chain.found:
                 raise NotFound(f"Not found: no version of key {key} at or below {lsn}")
             if not chain.records:
@@ -297,7 +316,7 @@ class TimelineReader:
 
     async def rel_pages(self, rel: RelTag, blocks: list[int], lsn: Lsn) -> list[bytes]:
         """GetPage semantics: blocks past the relation's end are zero pages."""
-        nblocks = self.rel_size(rel, lsn)
+        nblocks = await self.run(self.rel_size, rel, lsn)
         assert nblocks is not None
         inside = [b for b in blocks if b < nblocks]
         got = dict(zip(inside, await self.pages([rel_block_key(rel, b) for b in inside], lsn),

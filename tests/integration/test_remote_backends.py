@@ -52,6 +52,10 @@ def test_backend_contract(remote_storage, kind: str, work_dir) -> None:
     st.delete("tenants/a/timelines/b/layer-00000001")
     st.delete("tenants/a/timelines/b/layer-00000001")  # a missing object is fine
     assert st.head("tenants/a/timelines/b/layer-00000001") is None
+    # Creating an object only if it is not there: the generation claim of an attach.
+    assert st.put_new("tenants/a/tenant-manifest-00000002.json", b"first")
+    assert not st.put_new("tenants/a/tenant-manifest-00000002.json", b"second")
+    assert st.get("tenants/a/tenant-manifest-00000002.json") == b"first"
     # Replacing an object is whole.
     st.put("tenants/a/tenant-manifest-00000001.json", b'{"v": 2}')
     assert st.get("tenants/a/tenant-manifest-00000001.json") == b'{"v": 2}'
@@ -96,3 +100,15 @@ def test_bad_credentials_and_missing_bucket_fail_at_start(remote_storage, monkey
         with pytest.raises(RemoteStorageError, match="no AWS credentials") as e:
             open_remote_storage(cfg)
         assert e.value.permanent
+
+
+def test_stack_refuses_to_start_against_a_missing_bucket(stack, remote_storage) -> None:
+    target = remote_storage("s3")
+    missing = dataclasses.replace(target.config, bucket_name="no-such-bucket")
+    target.config = missing
+    stack.init(target.override())
+    stack.allowed_errors += [r"cannot start: S3 bucket no-such-bucket .* does not exist"]
+    proc = stack.run("start", check=False)
+    assert proc.returncode != 0
+    assert "S3 bucket no-such-bucket" in proc.stderr and "does not exist" in proc.stderr, \
+        proc.stderr

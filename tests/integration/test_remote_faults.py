@@ -68,7 +68,7 @@ def test_upload_and_download_faults_and_a_small_disk_budget(
 
     # The object store fails every put for a while.
     stack.run("failpoint", "housekeeping", "remote-upload", "return")
-    pgbench(primary, "-c", "2", "-t", "300")
+    pgbench(primary, "-c", "2", "-t", "200")
     during = Lsn.parse(primary.psql("SELECT pg_current_wal_flush_lsn()"))
     wait_until(lambda: Lsn.parse(status(stack, tenant, timeline)["disk_consistent_lsn"])
                >= during, timeout=120, what="layers flushed while uploads fail")
@@ -124,8 +124,7 @@ def test_two_nodes_attached_in_turn(stack: StackRunner, pg_factory, work_dir: Pa
     stack.start()
     tenant, timeline = attach(stack, primary)
     t, tl = TenantId.parse(tenant), TimelineId.parse(timeline)
-    for _ in range(3):
-        pgbench(primary, "-c", "2", "-t", "100")
+    pgbench(primary, "-c", "2", "-t", "300")
     lsn = Lsn.parse(primary.psql("SELECT pg_current_wal_insert_lsn()"))
     expected = snapshot(primary)
     wait_until(lambda: remote_lsn(stack, tenant, timeline) >= lsn, timeout=120,

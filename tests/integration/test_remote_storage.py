@@ -14,9 +14,11 @@ primary's slot kept the WAL, since the flush position reported was the remote on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
+import threading
 from typing import TYPE_CHECKING
 
 import pytest
@@ -25,6 +27,7 @@ from pagestore.ids import TenantId, TimelineId
 from pagestore.lsn import Lsn
 from pagestore.remote.layout import read_latest_index, remote_timelines
 from tests.fixtures.restore import amcheck, restore_backup
+from tests.fixtures.standby import PageApiClient
 from tests.fixtures.util import wait_until
 from tests.integration.test_fullbackup_gateway import pgbench, snapshot
 from tests.integration.test_ingest_service import attach, caught_up, status
@@ -62,18 +65,40 @@ def fullbackup_matches(stack: StackRunner, primary, tenant: str, timeline: str, 
 
 @pytest.mark.parametrize("kind", ("local", "s3", "azure"))
 def test_empty_node_recovers_from_the_bucket(stack: StackRunner, pg_factory, work_dir: Path,
-                                             remote_storage, kind: str) -> None:
+                                             remote_storage, proxy_factory, kind: str) -> None:
     target: RemoteTarget = remote_storage(kind)
+    override = target.override()
+    proxy = None
+    if kind == "s3":
+        # The stack reaches moto through a proxy that drops connections for a while.
+        proxy = proxy_factory(int(target.config.endpoint.rsplit(":", 1)[1]))
+        override = dataclasses.replace(target, config=dataclasses.replace(
+            target.config, endpoint=f"http://127.0.0.1:{proxy.port}")).override()
+        stack.allowed_errors += [r"upload failed", r"failed \(attempt"]
     primary = pg_factory(settings={"wal_keep_size": "0", "autovacuum": "off"})
-    stack.init(*SETTINGS, target.override())
+    stack.init(*SETTINGS, override)
     stack.start()
     pgbench(primary, "-i", "-s", "1")
     tenant, timeline = attach(stack, primary)
-    pgbench(primary, "-c", "2", "-t", "150")
+    t, tl = TenantId.parse(tenant), TimelineId.parse(timeline)
+    pgbench(primary, "-c", "2", "-t", "100")
     pre_lsn = Lsn.parse(primary.psql("SELECT pg_current_wal_insert_lsn()"))
     pre = snapshot(primary)
-    pgbench(primary, "-c", "2", "-t", "150")
+    if proxy is not None:
+        proxy.mode = "drop"
+        proxy.cut()
+    pgbench(primary, "-c", "2", "-t", "100")
     end = Lsn.parse(primary.psql("SELECT pg_current_wal_flush_lsn()"))
+    if proxy is not None:
+        # While the store is unreachable: remote_consistent_lsn stays at or below what
+        # the bucket's index holds, and below what is on local disk.
+        wait_until(lambda: Lsn.parse(status(stack, tenant, timeline)["disk_consistent_lsn"])
+                   >= end, timeout=120, what="flushed while the store is unreachable")
+        remote = remote_lsn(stack, tenant, timeline)
+        index = read_latest_index(target.storage, t, tl)
+        assert index is not None and remote <= index.disk_consistent_lsn < end
+        assert proxy.dropped > 0
+        proxy.mode = "forward"
     wait_until(lambda: caught_up(stack, tenant, timeline, end), timeout=120, what="caught up")
     branch = stack.run("timeline", "create", "--tenant", tenant, "--ancestor", timeline,
                        "--ancestor-lsn", str(pre_lsn)).stdout.strip()
@@ -85,7 +110,6 @@ def test_empty_node_recovers_from_the_bucket(stack: StackRunner, pg_factory, wor
     assert st["generation"] == 1 and st["layers_not_uploaded"] >= 0
     # What the bucket holds: both timelines, each with an index of generation 1 that
     # names only objects that are there.
-    t, tl = TenantId.parse(tenant), TimelineId.parse(timeline)
     assert set(map(str, remote_timelines(target.storage, t))) == {timeline, branch}
     index = read_latest_index(target.storage, t, tl)
     assert index is not None and index.generation == 1 and index.disk_consistent_lsn >= end
@@ -96,10 +120,18 @@ def test_empty_node_recovers_from_the_bucket(stack: StackRunner, pg_factory, wor
     # The disk is lost: the stack stops, its workdir (layers and catalog) goes.
     stack.run("stop")
     shutil.rmtree(stack.workdir)
-    stack.init(*SETTINGS, target.override())
+    stack.init(*SETTINGS, override)
     stack.start()
     assert json.loads(stack.run("tenant", "list", "--json").stdout) == []
+    if proxy is not None:
+        # Over S3 the attach's first requests meet dropped connections for a while: retried.
+        proxy.mode = "drop"
+        proxy.cut()  # the services' pooled connections too
+        dropped = proxy.dropped
+        threading.Timer(2.5, lambda: setattr(proxy, "mode", "forward")).start()
     out = stack.run("tenant", "attach", tenant, timeout=600).stdout
+    if proxy is not None:
+        assert proxy.dropped > dropped
     assert f"tenant {tenant} attached with generation 2" in out, out
     assert f"timeline {timeline}: ingest resumed" in out, out
     st = status(stack, tenant, timeline)
@@ -110,7 +142,19 @@ def test_empty_node_recovers_from_the_bucket(stack: StackRunner, pg_factory, wor
 
     # Reads come from the bucket: the pre-wipe LSN's data, on the timeline and the branch.
     fullbackup_matches(stack, primary, tenant, timeline, pre_lsn, pre, work_dir, "restored")
-    fullbackup_matches(stack, primary, tenant, branch, pre_lsn, pre, work_dir, "branch")
+    if kind == "local":
+        fullbackup_matches(stack, primary, tenant, branch, pre_lsn, pre, work_dir, "branch")
+    else:  # the same layers as above: reading a sample of pages through the branch will do
+        port = stack.status()["services"]["pageread"]["port"]
+        main, child = (PageApiClient(port, tenant, x) for x in (timeline, branch))
+        try:
+            db = int(primary.psql("SELECT oid FROM pg_database WHERE datname = 'postgres'"))
+            forks = [(rel, n) for rel, n in main.relations(1663, db, pre_lsn).items()
+                     if rel.forknum == 0 and 0 < n <= 100][:20]
+            assert forks and dict(child.pages(forks, pre_lsn)) == dict(main.pages(forks, pre_lsn))
+        finally:
+            main.close()
+            child.close()
 
     # Ingest resumed where the bucket ends: new WAL arrives and is uploaded again, now
     # under generation 2.
@@ -146,3 +190,5 @@ def test_empty_node_recovers_from_the_bucket(stack: StackRunner, pg_factory, wor
     out = stack.run("tenant", "attach", tenant, "--warm", timeout=600).stdout
     assert "attached with generation 3" in out and "downloaded" in out, out
     assert Lsn.parse(status(stack, tenant, timeline)["remote_consistent_lsn"]) >= more
+    # pageread served the tenant before the detach: it reads the new attach's map now.
+    fullbackup_matches(stack, primary, tenant, timeline, pre_lsn, pre, work_dir, "reattached")

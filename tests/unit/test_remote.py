@@ -19,6 +19,7 @@ from pagestore import failpoints
 from pagestore.errors import (
     CorruptionError,
     CorruptLayerError,
+    LayerFileMissing,
     RemoteObjectNotFound,
     RemoteStorageError,
 )
@@ -27,6 +28,7 @@ from pagestore.keys import KEY_MAX, KEY_MIN, Key, RelTag, rel_block_key
 from pagestore.layers.delta import DeltaLayerReader, DeltaLayerWriter
 from pagestore.layers.desc import LEVEL_L0, LEVEL_L1, LayerDesc
 from pagestore.layers.image import ImageLayerReader, ImageLayerWriter
+from pagestore.layers.layermap import LayerMap
 from pagestore.layers.names import TEMP_SUFFIX, delta_layer_name, image_layer_name
 from pagestore.lsn import Lsn
 from pagestore.remote import layout
@@ -706,3 +708,59 @@ def test_ranged_reads_retry_through_the_download_failpoint(
     fut = files.download(env.tenant, env.timeline, layer.desc)
     assert fut.result(timeout=30) == layer.path
     assert layer.path.read_bytes() == layer.data
+
+
+def test_each_service_sweeps_only_its_own_leftover_downloads(env: Env) -> None:
+    layer = write_layer(env.tdir)
+    upload(env, layer)
+    layer.path.unlink()
+    mine = env.tdir / f"{layer.path.name}.download_pageread-0badf00d.___temp"
+    theirs = env.tdir / f"{layer.path.name}.download_ingest-0badf00d.___temp"
+    other = env.tdir / f"{layer.path.name}.housekeeping-0badf00d.___temp"
+    for p in (mine, theirs, other):
+        p.write_bytes(b"half a download")
+    pageread = env.files(owner="pageread")
+    assert pageread.sweep() == 1
+    assert not mine.exists() and theirs.exists() and other.exists()
+    # Its own downloads carry its tag while they run, and leave nothing behind.
+    assert pageread.download(env.tenant, env.timeline, layer.desc).result(timeout=30) == layer.path
+    assert sorted(temp_files(env.tdir)) == sorted([theirs.name, other.name])
+
+
+def _map_read(m: LayerMap, layer: Layer, desc: LayerDesc, key: Key) -> Any:
+    """Read ``key`` through the map's cache of open readers (what every read uses)."""
+    return layer.read(m._reader(desc), key)
+
+
+def test_a_map_reader_opened_before_the_upload_reads_remotely_after_eviction(env: Env) -> None:
+    layer = write_layer(env.tdir, "image", lsn=0x100)
+    not_uploaded = dataclasses.replace(layer.desc, generation=0)
+    files = env.files(ranged=True, download_after=10**6)
+    m = LayerMap(env.tdir, [not_uploaded], version=1,
+                 opener=files.opener(env.tenant, env.timeline))
+    try:
+        assert _map_read(m, layer, not_uploaded, KEYS[0]) == layer.expected[KEYS[0]]
+        # Housekeeping uploads it and bumps the map's version; pageread evicts it.
+        upload(env, layer)
+        assert m.replace([layer.desc], 2)
+        assert files.evict_to(0, {layer.path}) == [layer.path]
+        assert _map_read(m, layer, layer.desc, KEYS[5]) == layer.expected[KEYS[5]]
+        assert files.stats.ranged_gets > 0
+    finally:
+        m.close()
+
+
+def test_a_layer_gone_from_the_bucket_is_a_missing_layer(env: Env) -> None:
+    layer = write_layer(env.tdir, "image", lsn=0x100)
+    key = upload(env, layer)
+    layer.path.unlink()
+    files = env.files(ranged=True, download_after=10**6)
+    reader = files.open(env.tenant, env.timeline, layer.desc)
+    try:
+        env.storage.delete(key)  # compaction replaced it; the next index upload deleted it
+        with pytest.raises(LayerFileMissing, match="neither on local disk nor in remote"):
+            layer.read(reader, KEYS[-1])
+        with pytest.raises(LayerFileMissing):
+            files.open(env.tenant, env.timeline, layer.desc, whole=True)
+    finally:
+        reader.close()

@@ -290,6 +290,9 @@ class Stack:
             self.resolved_config_path.chmod(0o600)
         started: list[str] = []
         try:
+            # All at once (each finds its peers when it needs them; a service that calls
+            # another before it serves retries), then wait until every one serves.
+            procs: dict[str, subprocess.Popen[bytes]] = {}
             for name in SERVICES:
                 if name in running:
                     continue
@@ -301,7 +304,10 @@ class Stack:
                     info["grpc_port"] = split_addr(section.listen_addr)[1]
                 self._pidfile(name).write_text(json.dumps(info))
                 started.append(name)
-                self._wait_healthy(name, proc, section.listen_addr, cfg.startup_timeout)
+                procs[name] = proc
+            for name, proc in procs.items():
+                self._wait_healthy(name, proc, getattr(cfg, name).listen_addr,
+                                   cfg.startup_timeout)
                 log.info("%s is serving pid=%d", name, proc.pid)
         except BaseException:
             self._stop_services(cfg, started)

@@ -11,7 +11,7 @@ following XLogReadBufferForRedoExtended (src/backend/access/transam/xlogutils.c)
   block with RBM_ZERO_ON_ERROR; a page whose LSN is at or past the record's end LSN is
   BLK_DONE (left alone); else the rmgr routine redoes it (BLK_NEEDS_REDO).
 
-Resource managers without a Python redo here (HASH, GIN, GIST, SPGIST, BRIN, custom)
+Resource managers without a Python redo here (HASH, GIN, GIST, SPGIST, custom)
 raise UnsupportedWalRecord naming the rmgr and info; their records are served only
 through full-page images.
 """
@@ -48,6 +48,7 @@ _MODULES = {
     RmgrId.BTREE: "pagestore.redo.btree",
     RmgrId.SEQ: "pagestore.redo.seq",
     RmgrId.GENERIC: "pagestore.redo.generic",
+    RmgrId.BRIN: "pagestore.redo.brin",
 }
 _loaded: dict[int, object] = {}
 

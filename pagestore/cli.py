@@ -540,6 +540,9 @@ def cmd_redo_check(args: argparse.Namespace) -> int:
         print(f"  checked     {kind:<24} {n}")
     for kind, n in sorted(stats.unsupported.items()):
         print(f"  unsupported {kind:<24} {n}")
+    for kind, n in sorted(stats.postgres_divergences.items()):
+        print(f"  postgres-divergence {kind:<16} {n}  (PostgreSQL's own redo differs from "
+              "the primary here; pagestore follows the redo: pagestore/redo/check.py)")
     return 1 if failed else 0
 
 

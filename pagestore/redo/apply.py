@@ -11,7 +11,7 @@ following XLogReadBufferForRedoExtended (src/backend/access/transam/xlogutils.c)
   block with RBM_ZERO_ON_ERROR; a page whose LSN is at or past the record's end LSN is
   BLK_DONE (left alone); else the rmgr routine redoes it (BLK_NEEDS_REDO).
 
-Resource managers without a Python redo here (HASH, GIN, GIST, SPGIST, custom)
+Resource managers without a Python redo here (HASH, GIN, SPGIST, custom)
 raise UnsupportedWalRecord naming the rmgr and info; their records are served only
 through full-page images.
 """
@@ -49,6 +49,7 @@ _MODULES = {
     RmgrId.SEQ: "pagestore.redo.seq",
     RmgrId.GENERIC: "pagestore.redo.generic",
     RmgrId.BRIN: "pagestore.redo.brin",
+    RmgrId.GIST: "pagestore.redo.gist",
 }
 _loaded: dict[int, object] = {}
 
@@ -77,6 +78,11 @@ def redo_block(ctx: RedoContext, rec: DecodedRecord, block_id: int,
         restored = bytearray(restore_block_image(blk, rec.lsn))
         if not page_is_new(restored):
             page_set_lsn(restored, rec.end_lsn)
+            # A few rmgrs change a block after restoring its image (BLK_RESTORED): GiST
+            # sets a split child's NSN, which the image could not hold yet.
+            after = getattr(rmgr_module(rec.rmid), "after_image", None)
+            if after is not None:
+                after(ctx, rec, block_id, restored)
         return restored
     if rec.rmid == RmgrId.XLOG:
         if rec.rmgr_info == 0xA0:  # FPI_FOR_HINT: blocks without an image are skipped

@@ -54,10 +54,13 @@ BRIN_PAGETYPE_REVMAP = 0xF092
 BRIN_PAGETYPE_REGULAR = 0xF093
 BRIN_META_MAGIC = 0xA8109CFA
 
-# BrinSpecialSpace: uint16 vector[4]; the page type is the last, the flags the one before
-BRIN_SPECIAL_SIZE = 8
-BRIN_TYPE = struct.Struct("<H")
+# BrinSpecialSpace: uint16 vector[MAXALIGN(1) / 2] = 4; flags = vector[2], type = vector[3]
+BRIN_SPECIAL_SPACE = struct.Struct("<HHHH")
+BRIN_SPECIAL_SIZE = BRIN_SPECIAL_SPACE.size
+BRIN_FLAGS_OFF = 4
 BRIN_TYPE_OFF = 6
+BRIN_TYPE = struct.Struct("<H")
+BRIN_EVACUATE_PAGE = 1 << 0
 # BrinMetaPageData: brinMagic u32, brinVersion u32, pagesPerRange u32, lastRevmapPage u32
 BRIN_META = struct.Struct("<IIII")
 BRIN_META_LAST_REVMAP_OFF = 12

@@ -46,6 +46,14 @@ from collections.abc import Callable
 from pagestore.errors import CorruptionError, UnsupportedWalRecord
 from pagestore.keys import BLCKSZ, ForkNumber
 from pagestore.pg.rmgr import RM_MAX_BUILTIN_ID, RmgrId, rmgr_name
+from pagestore.redo.brin import (
+    BRIN_EVACUATE_PAGE,
+    BRIN_FLAGS_OFF,
+    BRIN_PAGETYPE_META,
+    BRIN_PAGETYPE_REGULAR,
+    BRIN_SPECIAL_SPACE,
+    BRIN_TYPE_OFF,
+)
 from pagestore.redo.bufpage import (
     LSN,
     PAGE_HEADER,
@@ -63,6 +71,8 @@ from pagestore.redo.bufpage import (
     U16,
     U32,
 )
+from pagestore.redo.gist import F_FOLLOW_RIGHT, F_HAS_GARBAGE, F_LEAF, GIST_FLAGS_OFF, GIST_NSN_OFF
+from pagestore.redo.gist import GIST_OPAQUE as GIST_PAGE_OPAQUE
 
 MASK_MARKER = 0
 MAXIMUM_ALIGNOF = 8
@@ -129,24 +139,6 @@ LH_PAGE_TYPE = LH_OVERFLOW_PAGE | LH_BUCKET_PAGE | LH_BITMAP_PAGE | LH_META_PAGE
 GIN_PAGE_OPAQUE = struct.Struct("<IHH")
 GIN_FLAGS_OFF = 6
 GIN_DELETED = 1 << 2
-
-# GISTPageOpaqueData: nsn (xlogid u32, xrecoff u32), rightlink u32, flags u16,
-# gist_page_id u16
-GIST_PAGE_OPAQUE = struct.Struct("<IIIHH")
-GIST_NSN_OFF = 0
-GIST_FLAGS_OFF = 12
-F_LEAF = 1 << 0
-F_FOLLOW_RIGHT = 1 << 3
-F_HAS_GARBAGE = 1 << 4
-
-# BrinSpecialSpace: vector u16[MAXALIGN(1) / 2] = 4 u16; flags = vector[2], type = vector[3]
-BRIN_SPECIAL_SPACE = struct.Struct("<HHHH")
-BRIN_FLAGS_OFF = 4
-BRIN_TYPE_OFF = 6
-BRIN_PAGETYPE_META = 0xF091
-BRIN_PAGETYPE_REVMAP = 0xF092
-BRIN_PAGETYPE_REGULAR = 0xF093
-BRIN_EVACUATE_PAGE = 1 << 0
 
 MaskFunction = Callable[[bytearray, int], None]
 

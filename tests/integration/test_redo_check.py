@@ -18,6 +18,7 @@ WORKLOADS = {
     "btree": lambda p: run_sql_file(p, "btree.sql"),
     "visibility": lambda p: run_sql_file(p, "visibility.sql"),
     "brin": lambda p: run_sql_file(p, "brin.sql"),
+    "gist": lambda p: run_sql_file(p, "gist.sql"),
 }
 
 
@@ -39,6 +40,8 @@ def test_redo_check_passes(pg_factory, workload: str) -> None:
     assert {"Heap/0x00", "Btree/0x00"} <= checked
     if workload == "btree":
         assert {"Btree/0x30", "Btree/0x60"} & checked  # splits, dedup
+    if workload == "gist":  # updates, deletes, splits, page deletion
+        assert {"Gist/0x00", "Gist/0x10", "Gist/0x30", "Gist/0x60"} <= checked, checked
     if workload == "brin":  # every BRIN record type, with and without INIT_PAGE
         assert {f"BRIN/{info:#04x}" for info in (0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x90,
                                                   0xa0)} <= checked, checked

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from pagestore.errors import CorruptionError, UnsupportedWalRecord
 from pagestore.pg.rmgr import RmgrId
+from pagestore.redo import brin
 from pagestore.redo import masking as m
 
 BLCKSZ = 8192
@@ -426,17 +427,17 @@ def test_spg_mask() -> None:
 
 
 @pytest.mark.parametrize(("pagetype", "lower", "hole_masked"), [
-    (m.BRIN_PAGETYPE_REGULAR, 24, True),
-    (m.BRIN_PAGETYPE_META, 24, False),
-    (m.BRIN_PAGETYPE_META, 48, True),
-    (m.BRIN_PAGETYPE_REVMAP, 24, False),
+    (brin.BRIN_PAGETYPE_REGULAR, 24, True),
+    (brin.BRIN_PAGETYPE_META, 24, False),
+    (brin.BRIN_PAGETYPE_META, 48, True),
+    (brin.BRIN_PAGETYPE_REVMAP, 24, False),
 ])
 def test_brin_mask(pagetype: int, lower: int, hole_masked: bool) -> None:
     page = page_init(8)
     special = header(page)[6]
     U16.pack_into(page, 12, lower)
     page[24:200] = b"\x99" * 176
-    struct.pack_into("<HHHH", page, special, 0, 0, m.BRIN_EVACUATE_PAGE | 0x10, pagetype)
+    struct.pack_into("<HHHH", page, special, 0, 0, brin.BRIN_EVACUATE_PAGE | 0x10, pagetype)
     out = masked(m.brin_mask, page)
     assert (out[lower:200] == bytes(200 - lower)) is hole_masked
     assert struct.unpack_from("<HH", out, special + 4) == (0x10, pagetype)

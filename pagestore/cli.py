@@ -45,6 +45,11 @@ def _common(sub: bool) -> argparse.ArgumentParser:
     return p
 
 
+def _timeline_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tenant", required=True, help="tenant id")
+    p.add_argument("--timeline", required=True, help="timeline id")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common(sub=True)
     parser = argparse.ArgumentParser(prog="pagestore", parents=[_common(sub=False)],
@@ -100,13 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = lcmds.add_parser("status", parents=[common],
                          help="LSNs, WAL source, state, background loops, replication slot")
-    p.add_argument("--tenant", required=True, help="tenant id")
-    p.add_argument("--timeline", required=True, help="timeline id")
+    _timeline_options(p)
     p.add_argument("--json", action="store_true")
     p = lcmds.add_parser("compact", parents=[common],
                          help="compact L0 layers and create image layers now; waits for it")
-    p.add_argument("--tenant", required=True, help="tenant id")
-    p.add_argument("--timeline", required=True, help="timeline id")
+    _timeline_options(p)
     p.add_argument("--force-l0", action="store_true",
                    help="compact the L0 layers even below compaction_threshold")
     p.add_argument("--force-images", action="store_true",
@@ -114,18 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = lcmds.add_parser("gc", parents=[common],
                          help="garbage-collect layers below the GC cutoff now; waits for it")
-    p.add_argument("--tenant", required=True, help="tenant id")
-    p.add_argument("--timeline", required=True, help="timeline id")
+    _timeline_options(p)
     p.add_argument("--json", action="store_true")
     p = lcmds.add_parser("upload", parents=[common],
                          help="upload new layers and the index to remote storage now")
-    p.add_argument("--tenant", required=True, help="tenant id")
-    p.add_argument("--timeline", required=True, help="timeline id")
+    _timeline_options(p)
     p.add_argument("--json", action="store_true")
     p = lcmds.add_parser("delete", parents=[common],
                          help="stop ingest, drop the replication slot, remove the timeline")
-    p.add_argument("--tenant", required=True, help="tenant id")
-    p.add_argument("--timeline", required=True, help="timeline id")
+    _timeline_options(p)
     p.add_argument("--force", action="store_true",
                    help="delete even if the slot cannot be dropped (the source is unreachable)")
 

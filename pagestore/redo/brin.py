@@ -26,6 +26,7 @@ from pagestore.keys import BLCKSZ
 from pagestore.redo.bufpage import (
     PAI_OVERWRITE,
     SIZE_OF_PAGE_HEADER,
+    U32,
     maxalign,
     page_add_item,
     page_get_max_offset_number,
@@ -64,7 +65,6 @@ BRIN_EVACUATE_PAGE = 1 << 0
 # BrinMetaPageData: brinMagic u32, brinVersion u32, pagesPerRange u32, lastRevmapPage u32
 BRIN_META = struct.Struct("<IIII")
 BRIN_META_LAST_REVMAP_OFF = 12
-U32 = struct.Struct("<I")
 # ItemPointerData: bi_hi u16, bi_lo u16, ip_posid u16
 ITEM_POINTER = struct.Struct("<HHH")
 # RevmapContents: ItemPointerData rm_tids[REVMAP_PAGE_MAXITEMS] right after the header

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from pagestore.errors import PagestoreError, UnsupportedWalRecord
 from pagestore.pg.rmgr import RmgrId, rmgr_name
 from pagestore.pg.xlogrecord import XLR_CHECK_CONSISTENCY, restore_block_image
-from pagestore.redo import masking
+from pagestore.redo import gist, masking
 from pagestore.redo.apply import redo_block
 from pagestore.redo.bufpage import page_is_new, page_set_lsn
 from pagestore.redo.context import RedoContext
@@ -77,8 +77,7 @@ class CheckStats:
 
 
 def _gist_clear_tuples_deleted(page: bytearray) -> None:
-    flags_off = len(page) - 4  # GISTPageOpaqueData.flags (pagestore.redo.gist)
-    page[flags_off] &= ~0x04 & 0xFF  # F_TUPLES_DELETED
+    gist.set_flags(page, gist.flags(page) & ~gist.F_TUPLES_DELETED)
 
 
 #: Records whose redo in PostgreSQL 15 itself does not reproduce the primary's page, so

@@ -36,6 +36,8 @@ from pagestore.keys import BLCKSZ
 from pagestore.redo.bufpage import (
     FIRST_OFFSET_NUMBER,
     SIZE_OF_PAGE_HEADER,
+    U16,
+    U32,
     maxalign,
     page_add_item,
     page_get_max_offset_number,
@@ -77,8 +79,6 @@ OPAQUE_OFF = BLCKSZ - GIST_OPAQUE.size
 NSN_OFF = OPAQUE_OFF + GIST_NSN_OFF
 RIGHTLINK_OFF = OPAQUE_OFF + GIST_RIGHTLINK_OFF
 FLAGS_OFF = OPAQUE_OFF + GIST_FLAGS_OFF
-U16 = struct.Struct("<H")
-U32 = struct.Struct("<I")
 NSN = struct.Struct("<II")
 I32 = struct.Struct("<i")
 U64 = struct.Struct("<Q")
@@ -96,22 +96,22 @@ XL_PAGE_SPLIT = struct.Struct("<I4xQ?xH?")
 XL_PAGE_DELETE = struct.Struct("<QH")
 
 
-def _flags(page: bytearray) -> int:
+def flags(page: bytearray) -> int:
     return int(U16.unpack_from(page, FLAGS_OFF)[0])
 
 
-def _set_flags(page: bytearray, flags: int) -> None:
-    U16.pack_into(page, FLAGS_OFF, flags)
+def set_flags(page: bytearray, value: int) -> None:
+    U16.pack_into(page, FLAGS_OFF, value)
 
 
 def _set_nsn(page: bytearray, lsn: int) -> None:
     NSN.pack_into(page, NSN_OFF, lsn >> 32, lsn & 0xFFFFFFFF)
 
 
-def gist_init_page(page: bytearray, flags: int) -> None:
+def gist_init_page(page: bytearray, page_flags: int) -> None:
     """gistinitpage: PageInit with the opaque area, no right sibling, the flags."""
     page_init(page, GIST_OPAQUE.size)
-    GIST_OPAQUE.pack_into(page, OPAQUE_OFF, 0, 0, INVALID_BLOCK_NUMBER, flags, GIST_PAGE_ID)
+    GIST_OPAQUE.pack_into(page, OPAQUE_OFF, 0, 0, INVALID_BLOCK_NUMBER, page_flags, GIST_PAGE_ID)
 
 
 def index_tuple_size(data: bytes | memoryview, pos: int) -> int:
@@ -141,7 +141,7 @@ def _append_tuples(page: bytearray, data: bytes | memoryview, pos: int, lsn: int
 def _clear_follow_right(page: bytearray, lsn: int) -> None:
     """gistRedoClearFollowRight: the child's split is complete."""
     _set_nsn(page, lsn)
-    _set_flags(page, _flags(page) & ~F_FOLLOW_RIGHT)
+    set_flags(page, flags(page) & ~F_FOLLOW_RIGHT)
 
 
 def _is_child_block(rec: DecodedRecord, block_id: int) -> bool:
@@ -179,8 +179,8 @@ def redo_block(ctx: RedoContext, rec: DecodedRecord, block_id: int, page: bytear
             if ntodelete > 0:
                 todelete = list(struct.unpack_from(f"<{ntodelete}H", bdata, 0))
                 page_index_multi_delete(page, todelete)
-                if _flags(page) & F_LEAF:
-                    _set_flags(page, _flags(page) | F_TUPLES_DELETED)
+                if flags(page) & F_LEAF:
+                    set_flags(page, flags(page) | F_TUPLES_DELETED)
             inserted = _append_tuples(page, bdata, pos, rec.lsn)
         if inserted != ntoinsert:
             raise CorruptWalError(f"GiST record at {rec.lsn}: {inserted} tuples in the "
@@ -190,7 +190,7 @@ def redo_block(ctx: RedoContext, rec: DecodedRecord, block_id: int, page: bytear
         if len(data) > XL_DELETE.size:
             todelete = list(struct.unpack_from(f"<{ntodelete}H", data, XL_DELETE.size))
             page_index_multi_delete(page, todelete)
-        _set_flags(page, (_flags(page) & ~F_HAS_GARBAGE) | F_TUPLES_DELETED)
+        set_flags(page, (flags(page) & ~F_HAS_GARBAGE) | F_TUPLES_DELETED)
     elif info == XLOG_GIST_PAGE_SPLIT:
         origrlink, orignsn, origleaf, npage, markfollowright = XL_PAGE_SPLIT.unpack_from(data)
         i = block_id - 1
@@ -210,7 +210,7 @@ def redo_block(ctx: RedoContext, rec: DecodedRecord, block_id: int, page: bytear
         if blkno == GIST_ROOT_BLKNO:
             U32.pack_into(page, RIGHTLINK_OFF, INVALID_BLOCK_NUMBER)
             _set_nsn(page, orignsn)
-            _set_flags(page, _flags(page) & ~F_FOLLOW_RIGHT)
+            set_flags(page, flags(page) & ~F_FOLLOW_RIGHT)
         else:
             if i < npage - 1:
                 nxt = rec.block(block_id + 1)
@@ -221,13 +221,13 @@ def redo_block(ctx: RedoContext, rec: DecodedRecord, block_id: int, page: bytear
                 U32.pack_into(page, RIGHTLINK_OFF, origrlink)
             _set_nsn(page, orignsn)
             if i < npage - 1 and not isrootsplit and markfollowright:
-                _set_flags(page, _flags(page) | F_FOLLOW_RIGHT)
+                set_flags(page, flags(page) | F_FOLLOW_RIGHT)
             else:
-                _set_flags(page, _flags(page) & ~F_FOLLOW_RIGHT)
+                set_flags(page, flags(page) & ~F_FOLLOW_RIGHT)
     elif info == XLOG_GIST_PAGE_DELETE:
         delete_xid, downlink = XL_PAGE_DELETE.unpack_from(data)
         if block_id == 0:
-            _set_flags(page, _flags(page) | F_DELETED)
+            set_flags(page, flags(page) | F_DELETED)
             contents = maxalign(SIZE_OF_PAGE_HEADER)
             set_pd_lower(page, contents + U64.size)
             U64.pack_into(page, contents, delete_xid)

@@ -232,27 +232,29 @@ def latest_manifest_generation(storage: RemoteStorage, tenant: TenantId) -> int:
     return found[0][0] if found else 0
 
 
-def highest_generation(storage: RemoteStorage, tenant: TenantId) -> int:
-    """The highest generation named by any manifest or index of the tenant (0: none)."""
-    best = latest_manifest_generation(storage, tenant)
-    for obj in storage.list(timelines_prefix(tenant)):
-        name = obj.key.rsplit("/", 1)[-1]
-        parsed = parse_gen_suffix(name)
-        if parsed is not None and parsed[0] == INDEX_NAME:
-            best = max(best, parsed[1])
-    return best
-
-
-def remote_timelines(storage: RemoteStorage, tenant: TenantId) -> list[TimelineId]:
-    """The timelines with at least one index in remote storage."""
-    out: set[TimelineId] = set()
+def scan_timelines(storage: RemoteStorage, tenant: TenantId) -> tuple[list[TimelineId], int]:
+    """One listing of the tenant's timelines: those with at least one index, and the
+    highest generation any index is named with (0: none)."""
+    timelines: set[TimelineId] = set()
+    best = 0
     prefix = timelines_prefix(tenant)
     for obj in storage.list(prefix):
         tl, _, name = obj.key[len(prefix):].partition("/")
         parsed = parse_gen_suffix(name)
         if parsed is not None and parsed[0] == INDEX_NAME:
-            out.add(TimelineId.parse(tl))
-    return sorted(out)
+            timelines.add(TimelineId.parse(tl))
+            best = max(best, parsed[1])
+    return sorted(timelines), best
+
+
+def highest_generation(storage: RemoteStorage, tenant: TenantId) -> int:
+    """The highest generation named by any manifest or index of the tenant (0: none)."""
+    return max(latest_manifest_generation(storage, tenant), scan_timelines(storage, tenant)[1])
+
+
+def remote_timelines(storage: RemoteStorage, tenant: TenantId) -> list[TimelineId]:
+    """The timelines with at least one index in remote storage."""
+    return scan_timelines(storage, tenant)[0]
 
 
 def read_latest_index(storage: RemoteStorage, tenant: TenantId, timeline: TimelineId,

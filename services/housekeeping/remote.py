@@ -44,14 +44,13 @@ from pagestore.remote.layout import (
     IndexPart,
     TenantManifest,
     TimelineMetadata,
-    highest_generation,
     index_key,
     latest_manifest_generation,
     layer_key,
     manifest_key,
     read_latest_index,
     read_latest_manifest,
-    remote_timelines,
+    scan_timelines,
     timeline_prefix,
 )
 from pagestore.remote.storage import retrying
@@ -327,12 +326,12 @@ class RemoteSync:
             except TenantNotFound:
                 pass
         where = self.storage.describe()
-        timelines = retrying(lambda: remote_timelines(self.storage, tenant),
-                             f"listing tenant {tenant}")
+        timelines, index_gen = retrying(lambda: scan_timelines(self.storage, tenant),
+                                        f"listing tenant {tenant}")
         if not timelines:
             raise NotFound(f"tenant {tenant} not found in {where}: no index_part.json")
-        gen = retrying(lambda: highest_generation(self.storage, tenant),
-                       f"listing tenant {tenant}") + 1
+        gen = max(index_gen, retrying(lambda: latest_manifest_generation(self.storage, tenant),
+                                      f"listing tenant {tenant}")) + 1
         manifest = retrying(lambda: read_latest_manifest(self.storage, tenant),
                             f"reading the manifest of tenant {tenant}")
         config = dict(manifest.config) if manifest is not None else {}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 from typing import TYPE_CHECKING
 
 from pagestore.ids import TenantId, TimelineId
@@ -182,3 +183,71 @@ def test_two_nodes_attached_in_turn(stack: StackRunner, pg_factory, work_dir: Pa
         errors = node_b.log_errors()
         shutil.rmtree(node_b.workdir, ignore_errors=True)
     assert not errors, "\n".join(errors)
+
+
+def test_services_killed_during_remote_io_lose_nothing(stack: StackRunner, pg_factory,
+                                                        work_dir: Path, remote_storage) -> None:
+    """Housekeeping dies (SIGKILL) in the middle of an upload, pageread in the middle of a
+    download, ingest while the slot is held back at remote_consistent_lsn: after each
+    restart the bucket's index names only objects that are there, remote_consistent_lsn
+    catches up, and a full backup read from evicted layers equals the primary's data."""
+    target = remote_storage("local")
+    primary = pg_factory(settings={"wal_keep_size": "0", "autovacuum": "off"})
+    pgbench(primary, "-i", "-s", "1")
+    stack.init(*BASE, target.override(), "pageread.layer_disk_budget=262144",
+               "pageread.eviction_period='0.3s'", "pageread.download_after_reads=1000000")
+    stack.start()
+    tenant, timeline = attach(stack, primary)
+    t, tl = TenantId.parse(tenant), TimelineId.parse(timeline)
+
+    def down(service: str) -> bool:
+        return stack.status()["services"][service]["health"] == "DOWN"
+
+    def index_consistent() -> Lsn:
+        index = read_latest_index(target.storage, t, tl)
+        assert index is not None
+        present = set(target.keys(f"tenants/{tenant}/timelines/{timeline}/"))
+        for d in index.layers:
+            assert (f"tenants/{tenant}/timelines/{timeline}/{d.file_name}-"
+                    f"{d.generation:08x}") in present
+        return index.disk_consistent_lsn
+
+    # housekeeping: killed at its next put (a layer or an index)
+    stack.run("failpoint", "housekeeping", "remote-upload", "1*kill")
+    pgbench(primary, "-c", "2", "-t", "100")
+    wait_until(lambda: down("housekeeping"), timeout=60, what="housekeeping killed")
+    stack.run("start")
+    # read in this order, the catalog's LSN can only be behind the bucket's index
+    assert remote_lsn(stack, tenant, timeline) <= index_consistent()
+    end = Lsn.parse(primary.psql("SELECT pg_current_wal_flush_lsn()"))
+    wait_until(lambda: remote_lsn(stack, tenant, timeline) >= end, timeout=120,
+               what="uploads after the housekeeping restart")
+    assert index_consistent() >= end
+
+    # ingest: killed and restarted; the slot never passed what the bucket holds
+    stack.kill("ingest")
+    slot = Lsn.parse(primary.psql(
+        f"SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'pagestore_{timeline}'"))
+    assert slot <= remote_lsn(stack, tenant, timeline)
+    stack.run("start")
+    pgbench(primary, "-c", "2", "-t", "100")
+    expected = snapshot(primary)
+    lsn = Lsn.parse(primary.psql("SELECT pg_current_wal_insert_lsn()"))
+    wait_until(lambda: remote_lsn(stack, tenant, timeline) >= lsn, timeout=120,
+               what="uploads after the ingest restart")
+
+    # pageread: evicts to its budget, then dies at its first ranged read of the bucket
+    def evicted() -> int:
+        m = re.search(r"evicted (\d+) files", loop(status(stack, tenant, timeline),
+                                                    "pageread", "eviction")["detail"])
+        return int(m.group(1)) if m else 0
+    wait_until(lambda: evicted() > 0, timeout=60, what="layers evicted to the budget")
+    stack.run("failpoint", "pageread", "remote-download", "1*kill")
+    port = stack.status()["services"]["gateway"]["port"]
+    failed = subprocess.run([primary.bin("psql"), "-X", "-q", "-h", "127.0.0.1", "-p",
+                             str(port), "-c", f"fullbackup {tenant} {timeline} {lsn}",
+                             "-o", str(work_dir / "lost.tar")], capture_output=True, timeout=600)
+    assert failed.returncode != 0
+    wait_until(lambda: down("pageread"), timeout=60, what="pageread killed")
+    stack.run("start")
+    fullbackup_matches(stack, primary, tenant, timeline, lsn, expected, work_dir, "after-kills")

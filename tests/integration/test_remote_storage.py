@@ -107,7 +107,7 @@ def test_empty_node_recovers_from_the_bucket(stack: StackRunner, pg_factory, wor
     wait_until(lambda: remote_lsn(stack, tenant, branch) >= pre_lsn, timeout=60,
                what="the branch's index uploaded")
     st = status(stack, tenant, timeline)
-    assert st["generation"] == 1 and st["layers_not_uploaded"] >= 0
+    assert st["generation"] == 1
     # What the bucket holds: both timelines, each with an index of generation 1 that
     # names only objects that are there.
     assert set(map(str, remote_timelines(target.storage, t))) == {timeline, branch}

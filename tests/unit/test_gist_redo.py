@@ -25,12 +25,12 @@ def test_gist_init_page_layout() -> None:
 def test_the_divergence_sets_aside_only_f_tuples_deleted() -> None:
     fix = POSTGRES_DIVERGENCES[(RmgrId.GIST, gist.XLOG_GIST_DELETE)]
     ours, theirs = _leaf(), _leaf()
-    gist._set_flags(ours, gist.F_LEAF | gist.F_TUPLES_DELETED)  # what the redo does
+    gist.set_flags(ours, gist.F_LEAF | gist.F_TUPLES_DELETED)  # what the redo does
     fix(ours)
     fix(theirs)
     assert ours == theirs
     other = _leaf()
-    gist._set_flags(other, gist.F_LEAF | gist.F_DELETED)
+    gist.set_flags(other, gist.F_LEAF | gist.F_DELETED)
     fix(other)
     assert other != theirs
     flipped = _leaf()

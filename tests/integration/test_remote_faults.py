@@ -47,6 +47,13 @@ def loop(st: dict, service: str, name: str) -> dict:
     return found[0]
 
 
+def evicted(stack: StackRunner, tenant: str, timeline: str) -> int:
+    """Layer files pageread has evicted so far (its eviction loop's status line)."""
+    m = re.search(r"evicted (\d+) files", loop(status(stack, tenant, timeline),
+                                                "pageread", "eviction")["detail"])
+    return int(m.group(1)) if m else 0
+
+
 def test_upload_and_download_faults_and_a_small_disk_budget(
         stack: StackRunner, pg_factory, work_dir: Path, remote_storage) -> None:
     target = remote_storage("local")
@@ -99,11 +106,8 @@ def test_upload_and_download_faults_and_a_small_disk_budget(
 
     # pageread keeps its local layers under the budget: it evicts, then reads by ranges,
     # some of which fail first.
-    def evicted() -> int:
-        m = re.search(r"evicted (\d+) files", loop(status(stack, tenant, timeline),
-                                                    "pageread", "eviction")["detail"])
-        return int(m.group(1)) if m else 0
-    wait_until(lambda: evicted() > 0, timeout=60, what="layers evicted to the budget")
+    wait_until(lambda: evicted(stack, tenant, timeline) > 0, timeout=60,
+               what="layers evicted to the budget")
     stack.run("failpoint", "pageread", "remote-download", "3*return")
     result = stop_primary_and_compare(stack, primary, tenant, timeline, standby_base,
                                       work_dir, kinds)
@@ -237,11 +241,8 @@ def test_services_killed_during_remote_io_lose_nothing(stack: StackRunner, pg_fa
                what="uploads after the ingest restart")
 
     # pageread: evicts to its budget, then dies at its first ranged read of the bucket
-    def evicted() -> int:
-        m = re.search(r"evicted (\d+) files", loop(status(stack, tenant, timeline),
-                                                    "pageread", "eviction")["detail"])
-        return int(m.group(1)) if m else 0
-    wait_until(lambda: evicted() > 0, timeout=60, what="layers evicted to the budget")
+    wait_until(lambda: evicted(stack, tenant, timeline) > 0, timeout=60,
+               what="layers evicted to the budget")
     stack.run("failpoint", "pageread", "remote-download", "1*kill")
     port = stack.status()["services"]["gateway"]["port"]
     failed = subprocess.run([primary.bin("psql"), "-X", "-q", "-h", "127.0.0.1", "-p",

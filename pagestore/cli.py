@@ -521,6 +521,7 @@ def cmd_waldump(args: argparse.Namespace) -> int:
 def cmd_redo_check(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from pagestore.pg.rmgr import ALL_RECORD_KINDS
     from pagestore.pg.walfiles import find_segments, read_wal_records
     from pagestore.redo.check import CheckStats, check_records
     from pagestore.redo.context import RedoContext
@@ -543,6 +544,10 @@ def cmd_redo_check(args: argparse.Namespace) -> int:
     for kind, n in sorted(stats.postgres_divergences.items()):
         print(f"  postgres-divergence {kind:<16} {n}  (PostgreSQL's own redo differs from "
               "the primary here; pagestore follows the redo: pagestore/redo/check.py)")
+    for kind, n in sorted(stats.seen.items()):
+        print(f"  seen        {kind} {n}")
+    never_seen = [kind for kind in ALL_RECORD_KINDS if kind not in stats.seen]
+    print(f"never seen: {', '.join(never_seen)}")
     return 1 if failed else 0
 
 

@@ -3,11 +3,18 @@
 tests/unit/ starts nothing and is marked ``unit``; tests/integration/ uses real
 PostgreSQL servers and real service processes and is marked ``integration``.  The
 default command runs both; ``-m unit`` or ``-m integration`` selects one.
+
+Tests marked ``regression_suite`` (PostgreSQL's regression suite streamed into pagestore:
+minutes each) run only when asked for: ``-m regression_suite``, or their file or node id
+named on the command line.  scripts/test, CI's command, runs them after the default run.
 """
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,3 +37,47 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.unit)
         elif rel.parts[0] == "integration":
             item.add_marker(pytest.mark.integration)
+    if "regression_suite" in (config.option.markexpr or ""):
+        return
+    named = [Path(arg.split("::")[0]).resolve() for arg in config.args]
+    keep, drop = [], []
+    for item in items:
+        if item.get_closest_marker("regression_suite") is None or Path(str(item.fspath)) in named:
+            keep.append(item)
+        else:
+            drop.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+# ---------------------------------------------------------------- WAL record coverage
+_WAL_COVERAGE = pytest.StashKey[Counter[str]]()
+
+
+@pytest.fixture
+def wal_coverage(request: pytest.FixtureRequest) -> Counter[str]:
+    """Record kinds ("Heap/INSERT") the workloads of this session produced, from
+    `pagestore redo-check` output; the summary at the end of the run lists them and the
+    PostgreSQL 15 record types that never appeared."""
+    return request.config.stash.setdefault(_WAL_COVERAGE, Counter())
+
+
+def record_redo_check_coverage(coverage: Counter[str], redo_check_output: str) -> None:
+    for kind, n in re.findall(r"^\s+seen\s+(\S+) (\d+)$", redo_check_output, re.MULTILINE):
+        coverage[kind] += int(n)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    coverage = config.stash.get(_WAL_COVERAGE, None)
+    if not coverage:
+        return
+    from pagestore.pg.rmgr import ALL_RECORD_KINDS
+
+    never = [kind for kind in ALL_RECORD_KINDS if kind not in coverage]
+    terminalreporter.section("WAL record types the workloads exercised")
+    terminalreporter.write_line(f"{len(set(coverage) & set(ALL_RECORD_KINDS))} of "
+                                f"{len(ALL_RECORD_KINDS)} PostgreSQL 15 record types:")
+    for kind, n in sorted(coverage.items()):
+        terminalreporter.write_line(f"  {kind:<34} {n}")
+    terminalreporter.write_line(f"never appeared: {', '.join(never) or 'none'}")

@@ -11,9 +11,12 @@ following XLogReadBufferForRedoExtended (src/backend/access/transam/xlogutils.c)
   block with RBM_ZERO_ON_ERROR; a page whose LSN is at or past the record's end LSN is
   BLK_DONE (left alone); else the rmgr routine redoes it (BLK_NEEDS_REDO).
 
-Resource managers without a Python redo here (HASH, GIN, SPGIST, custom)
-raise UnsupportedWalRecord naming the rmgr and info; their records are served only
-through full-page images.
+Every built-in rmgr whose records change relation pages has a module here (heap, btree,
+hash, gin, gist, sequence, spgist, brin, generic); the others change no page, or only
+metadata that ingest keeps (docs/redo.md lists every PostgreSQL 15 record type and what
+pagestore does with it).  A record no module can redo (a custom rmgr, an unknown info)
+raises UnsupportedWalRecord naming the rmgr and info: such a block is served only
+through a full-page image, never guessed.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ _MODULES = {
     RmgrId.GENERIC: "pagestore.redo.generic",
     RmgrId.BRIN: "pagestore.redo.brin",
     RmgrId.GIST: "pagestore.redo.gist",
+    RmgrId.HASH: "pagestore.redo.hash",
+    RmgrId.GIN: "pagestore.redo.gin",
+    RmgrId.SPGIST: "pagestore.redo.spgist",
 }
 _loaded: dict[int, object] = {}
 

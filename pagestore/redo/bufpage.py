@@ -337,6 +337,27 @@ def page_truncate_line_pointer_array(page: Page) -> None:
 
 # --------------------------------------------------------------------------- index pages
 
+_LP_ARRAYS: dict[int, struct.Struct] = {}
+
+
+def _shift_item_offsets(page: Page, count: int, limit: int, delta: int, *,
+                        storage_only: bool) -> None:
+    """Line pointers 1..count whose lp_off <= ``limit`` (with ``storage_only``: and whose
+    lp_len is not 0) move by ``delta`` bytes: the loop that follows each memmove of the
+    item area in PageIndexTupleDelete & co, done over the whole array at once."""
+    if count <= 0:
+        return
+    array = _LP_ARRAYS.get(count)
+    if array is None:
+        array = _LP_ARRAYS[count] = struct.Struct(f"<{count}I")
+    words = array.unpack_from(page, SIZE_OF_PAGE_HEADER)
+    if storage_only:
+        moved = [w + delta if (w & 0x7FFF) <= limit and w >> 17 else w for w in words]
+    else:
+        moved = [w + delta if (w & 0x7FFF) <= limit else w for w in words]
+    array.pack_into(page, SIZE_OF_PAGE_HEADER, *moved)
+
+
 def _check_item(page: Page, offnum: int, upper: int, special: int) -> tuple[int, int]:
     off, _flags, size = get_item_id(page, offnum)
     if off < upper or off + size > special or off != maxalign(off):
@@ -360,10 +381,7 @@ def page_index_tuple_delete(page: Page, offnum: int) -> None:
     set_pd_upper(page, upper + size)
     set_pd_lower(page, lower - ITEM_ID_SIZE)
     if not page_is_empty(page):
-        for i in range(1, nline):
-            off, flags, length = get_item_id(page, i)
-            if off <= offset:
-                set_item_id(page, i, off + size, flags, length)
+        _shift_item_offsets(page, nline - 1, offset, size, storage_only=False)
 
 
 def page_index_multi_delete(page: Page, itemnos: list[int]) -> None:
@@ -419,10 +437,7 @@ def page_index_tuple_delete_no_compact(page: Page, offnum: int) -> None:
         page[upper + size:offset + size] = page[upper:offset]
     set_pd_upper(page, upper + size)
     if not page_is_empty(page):
-        for i in range(1, nline + 1):
-            off, flags, length = get_item_id(page, i)
-            if length != 0 and off <= offset:
-                set_item_id(page, i, off + size, flags, length)
+        _shift_item_offsets(page, nline, offset, size, storage_only=True)
 
 
 def page_index_tuple_overwrite(page: Page, offnum: int, newtup: bytes | bytearray | memoryview) -> bool:
@@ -442,10 +457,7 @@ def page_index_tuple_overwrite(page: Page, offnum: int, newtup: bytes | bytearra
     if size_diff != 0:
         page[upper + size_diff:offset + size_diff] = page[upper:offset]
         set_pd_upper(page, upper + size_diff)
-        for i in range(FIRST_OFFSET_NUMBER, itemcount + 1):
-            off, flags, length = get_item_id(page, i)
-            if length != 0 and off <= offset:
-                set_item_id(page, i, off + size_diff, flags, length)
+        _shift_item_offsets(page, itemcount, offset, size_diff, storage_only=True)
     _off, flags, _len = get_item_id(page, offnum)
     set_item_id(page, offnum, offset + size_diff, flags, newsize)
     start = offset + size_diff

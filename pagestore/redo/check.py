@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pagestore.errors import PagestoreError, UnsupportedWalRecord
-from pagestore.pg.rmgr import RmgrId, rmgr_name
+from pagestore.pg.rmgr import RmgrId, record_kind, rmgr_name
 from pagestore.pg.xlogrecord import XLR_CHECK_CONSISTENCY, restore_block_image
 from pagestore.redo import gist, masking
 from pagestore.redo.apply import redo_block
@@ -74,6 +74,9 @@ class CheckStats:
     mismatches: int = 0
     # Blocks equal but for a known divergence of PostgreSQL's own redo (below)
     postgres_divergences: Counter[str] = field(default_factory=Counter)
+    # Every record, with or without block references, by pg_waldump's name for its type
+    # ("Heap/INSERT", pagestore.pg.rmgr.record_kind): what the stream covered
+    seen: Counter[str] = field(default_factory=Counter)
 
 
 def _gist_clear_tuples_deleted(page: bytearray) -> None:
@@ -104,6 +107,7 @@ def check_records(records: Iterable[DecodedRecord], ctx: RedoContext,
     wal_log_hints = ctx.wal_log_hints
     for rec in records:
         stats.records += 1
+        stats.seen[record_kind(rec.rmid, rec.rmgr_info)] += 1
         if rec.rmid == RmgrId.XLOG and rec.rmgr_info == XLOG_PARAMETER_CHANGE:
             wal_log_hints = bool(rec.main_data[WAL_LOG_HINTS_OFFSET])
             ctx = RedoContext(data_checksums=ctx.data_checksums, wal_log_hints=wal_log_hints)

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from pagestore.errors import CorruptWalError, UnsupportedWalRecord
 from pagestore.keys import ForkNumber, RelTag
+from pagestore.pg import rmgr
 from pagestore.pg.rmgr import RmgrId
 from pagestore.redo.bufpage import (
     LP_DEAD,
@@ -113,17 +114,6 @@ XLOG_HEAP2_MULTI_INSERT = 0x50
 XLOG_HEAP2_LOCK_UPDATED = 0x60
 XLOG_HEAP2_NEW_CID = 0x70
 
-HEAP_RECORD_NAMES = {
-    XLOG_HEAP_INSERT: "INSERT", XLOG_HEAP_DELETE: "DELETE", XLOG_HEAP_UPDATE: "UPDATE",
-    XLOG_HEAP_TRUNCATE: "TRUNCATE", XLOG_HEAP_HOT_UPDATE: "HOT_UPDATE",
-    XLOG_HEAP_CONFIRM: "CONFIRM", XLOG_HEAP_LOCK: "LOCK", XLOG_HEAP_INPLACE: "INPLACE",
-}
-HEAP2_RECORD_NAMES = {
-    XLOG_HEAP2_REWRITE: "REWRITE", XLOG_HEAP2_PRUNE: "PRUNE", XLOG_HEAP2_VACUUM: "VACUUM",
-    XLOG_HEAP2_FREEZE_PAGE: "FREEZE_PAGE", XLOG_HEAP2_VISIBLE: "VISIBLE",
-    XLOG_HEAP2_MULTI_INSERT: "MULTI_INSERT", XLOG_HEAP2_LOCK_UPDATED: "LOCK_UPDATED",
-    XLOG_HEAP2_NEW_CID: "NEW_CID",
-}
 
 # xl_heap_insert / xl_heap_multi_insert flags
 XLH_INSERT_ALL_VISIBLE_CLEARED = 1 << 0
@@ -769,12 +759,9 @@ _HEAP2_REDO: dict[int, Callable[[RedoContext, DecodedRecord, int, bytearray], No
 
 
 def record_type_name(rec: DecodedRecord) -> str:
-    """The type of a HEAP/HEAP2 record: 'INSERT', 'HOT_UPDATE', 'PRUNE', ... with '+INIT'
-    for XLOG_HEAP_INIT_PAGE."""
-    op = rec.rmgr_info & XLOG_HEAP_OPMASK
-    names = HEAP_RECORD_NAMES if rec.rmid == RM_HEAP_ID else HEAP2_RECORD_NAMES
-    name = names.get(op, f"UNKNOWN({op:#04x})")
-    return name + ("+INIT" if rec.rmgr_info & XLOG_HEAP_INIT_PAGE else "")
+    """The type of a HEAP/HEAP2 record as pg_waldump names it: 'INSERT', 'HOT_UPDATE',
+    'PRUNE', ... with '+INIT' for XLOG_HEAP_INIT_PAGE (pagestore.pg.rmgr's catalog)."""
+    return rmgr.record_type_name(rec.rmid, rec.rmgr_info)
 
 
 def redo_block(ctx: RedoContext, rec: DecodedRecord, block_id: int, page: bytearray) -> None:

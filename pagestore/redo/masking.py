@@ -71,8 +71,20 @@ from pagestore.redo.bufpage import (
     U16,
     U32,
 )
+from pagestore.redo.gin import GIN_DELETED, GIN_FLAGS_OFF
+from pagestore.redo.gin import GIN_OPAQUE as GIN_PAGE_OPAQUE
 from pagestore.redo.gist import F_FOLLOW_RIGHT, F_HAS_GARBAGE, F_LEAF, GIST_FLAGS_OFF, GIST_NSN_OFF
 from pagestore.redo.gist import GIST_OPAQUE as GIST_PAGE_OPAQUE
+from pagestore.redo.hash import (
+    HASH_PAGE_OPAQUE,
+    HASHO_FLAG_OFF,
+    LH_BUCKET_PAGE,
+    LH_OVERFLOW_PAGE,
+    LH_PAGE_HAS_DEAD_TUPLES,
+    LH_PAGE_TYPE,
+    LH_UNUSED_PAGE,
+)
+from pagestore.redo.hash import LH_BITMAP_PAGE as LH_BITMAP_PAGE
 
 MASK_MARKER = 0
 MAXIMUM_ALIGNOF = 8
@@ -122,23 +134,6 @@ BTP_LEAF = 1 << 0
 BTP_DELETED = 1 << 2
 BTP_SPLIT_END = 1 << 5
 BTP_HAS_GARBAGE = 1 << 6
-
-# HashPageOpaqueData: hasho_prevblkno u32, hasho_nextblkno u32, hasho_bucket u32,
-# hasho_flag u16, hasho_page_id u16
-HASH_PAGE_OPAQUE = struct.Struct("<IIIHH")
-HASHO_FLAG_OFF = 12
-LH_UNUSED_PAGE = 0
-LH_OVERFLOW_PAGE = 1 << 0
-LH_BUCKET_PAGE = 1 << 1
-LH_BITMAP_PAGE = 1 << 2
-LH_META_PAGE = 1 << 3
-LH_PAGE_HAS_DEAD_TUPLES = 1 << 7
-LH_PAGE_TYPE = LH_OVERFLOW_PAGE | LH_BUCKET_PAGE | LH_BITMAP_PAGE | LH_META_PAGE
-
-# GinPageOpaqueData: rightlink u32, maxoff u16, flags u16
-GIN_PAGE_OPAQUE = struct.Struct("<IHH")
-GIN_FLAGS_OFF = 6
-GIN_DELETED = 1 << 2
 
 MaskFunction = Callable[[bytearray, int], None]
 

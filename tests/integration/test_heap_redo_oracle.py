@@ -55,7 +55,7 @@ REQUIRED = {"Heap/INSERT", "Heap2/MULTI_INSERT", "Heap/UPDATE", "Heap/HOT_UPDATE
             "Heap/DELETE", "Heap/LOCK", "Heap2/PRUNE", "Heap2/VACUUM", "Heap2/FREEZE_PAGE",
             "Heap2/VISIBLE"}
 # Also produced by this workload and checked when they appear (asserted below).
-EXPECTED_TOO = {"Heap/INPLACE", "Heap/CONFIRM", "Heap2/LOCK_UPDATED", "Heap/INSERT+INIT",
+EXPECTED_TOO = {"Heap/INPLACE", "Heap/HEAP_CONFIRM", "Heap2/LOCK_UPDATED", "Heap/INSERT+INIT",
                 "Heap2/MULTI_INSERT+INIT", "Heap/UPDATE+INIT"}
 
 

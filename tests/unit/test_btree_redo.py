@@ -11,15 +11,7 @@ import struct
 import pytest
 
 from pagestore.errors import CorruptionError, CorruptWalError, UnsupportedWalRecord
-from pagestore.keys import RelTag
-from pagestore.lsn import Lsn
-from pagestore.pg.xlogrecord import (
-    BKPBLOCK_HAS_DATA,
-    BKPBLOCK_WILL_INIT,
-    BlockReference,
-    DecodedRecord,
-    XLogRecordHeader,
-)
+from pagestore.pg.xlogrecord import DecodedRecord
 from pagestore.redo import btree
 from pagestore.redo.btree import (
     BT_META_PAGE,
@@ -53,23 +45,9 @@ from pagestore.redo.bufpage import (
     pd_upper,
     set_pd_flags,
 )
-from pagestore.redo.context import RedoContext
+from tests.unit.redo_records import CTX, END, block, record_of
 
-REL = RelTag(1663, 5, 16384)
-END = Lsn(0x1_0000_2000)
-CTX = RedoContext()
-
-
-def block(block_id: int, blkno: int, data: bytes = b"", *,
-          will_init: bool = False) -> BlockReference:
-    flags = (BKPBLOCK_HAS_DATA if data else 0) | (BKPBLOCK_WILL_INIT if will_init else 0)
-    return BlockReference(block_id, REL, blkno, flags, 0, 0, 0, b"", data)
-
-
-def record(info: int, main: bytes, *blocks: BlockReference) -> DecodedRecord:
-    hdr = XLogRecordHeader(0, 0, 0, info, btree.RM_BTREE_ID, 0)
-    return DecodedRecord(lsn=Lsn(END - 0x100), end_lsn=END, header=hdr, blocks=tuple(blocks),
-                         main_data=main, origin=None, toplevel_xid=None, raw=b"")
+record = record_of(btree.RM_BTREE_ID)
 
 
 def tid(blkno: int, off: int) -> bytes:

@@ -10,15 +10,11 @@ import struct
 import pytest
 
 from pagestore.errors import CorruptWalError, UnsupportedWalRecord
-from pagestore.keys import ForkNumber, RelTag
-from pagestore.lsn import Lsn
+from pagestore.keys import ForkNumber
 from pagestore.pg.rmgr import RmgrId
 from pagestore.pg.xlogrecord import (
-    BKPBLOCK_HAS_DATA,
-    BKPBLOCK_WILL_INIT,
     BlockReference,
     DecodedRecord,
-    XLogRecordHeader,
 )
 from pagestore.redo import heap
 from pagestore.redo.bufpage import (
@@ -46,12 +42,11 @@ from pagestore.redo.bufpage import (
 )
 from pagestore.redo.context import ReadMode, RedoContext
 from pagestore.redo.heap import HEAP_TUPLE_HEADER
+from tests.unit import redo_records
+from tests.unit.redo_records import CTX, END, REL, block
 
-REL = RelTag(1663, 5, 16384)
 VM_REL = REL.with_fork(ForkNumber.VISIBILITYMAP)
-END = Lsn(0x1_0000_2000)
 XID = 1000
-CTX = RedoContext()
 HINTS = RedoContext(wal_log_hints=True)
 
 HEAP_XMIN_COMMITTED = 0x0100
@@ -59,18 +54,9 @@ HEAP_XMAX_INVALID = 0x0800
 HEAP_HASVARWIDTH = 0x0002
 
 
-def block(block_id: int, blkno: int, data: bytes = b"", *, will_init: bool = False,
-          rel: RelTag = REL) -> BlockReference:
-    flags = rel.forknum | (BKPBLOCK_HAS_DATA if data else 0) | (
-        BKPBLOCK_WILL_INIT if will_init else 0)
-    return BlockReference(block_id, rel, blkno, flags, 0, 0, 0, b"", data)
-
-
 def record(rmid: int, info: int, main: bytes, *blocks: BlockReference,
            xid: int = XID) -> DecodedRecord:
-    hdr = XLogRecordHeader(0, xid, 0, info, rmid, 0)
-    return DecodedRecord(lsn=Lsn(END - 0x100), end_lsn=END, header=hdr, blocks=tuple(blocks),
-                         main_data=main, origin=None, toplevel_xid=None, raw=b"")
+    return redo_records.record(rmid, info, main, *blocks, xid=xid)
 
 
 def tuple_header(page: bytearray, offnum: int) -> tuple[int, ...]:

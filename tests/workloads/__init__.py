@@ -114,3 +114,69 @@ def switch_and_checkpoint(cluster: PgCluster) -> str:
     cluster.psql("SELECT pg_switch_wal()")
     cluster.psql("CHECKPOINT")
     return current_lsn(cluster)
+
+
+# ---------------------------------------------------------------- the regression suite
+#: PostgreSQL's own regression suite, put there by scripts/build-pg-regress (setup).
+REGRESS_SUITE = Path(__file__).resolve().parents[2] / ".tools" / "pg-regress"
+
+
+@dataclass(frozen=True, slots=True)
+class RegressResult:
+    tests: int          # tests pg_regress ran
+    failed: list[str]   # those whose output differed from expected/ (not a workload error)
+    output: str
+
+
+def regression_schedule(suite: Path = REGRESS_SUITE) -> list[str]:
+    """parallel_schedule's ``test:`` lines (each a group run in parallel), in order."""
+    if not (suite / "regress.so").exists():
+        raise WorkloadError(f"PostgreSQL's regression suite is not in {suite}: run "
+                            "scripts/setup (it calls scripts/build-pg-regress)")
+    return [line for line in (suite / "parallel_schedule").read_text().splitlines()
+            if line.startswith("test:")]
+
+
+def run_regression_suite(cluster: PgCluster, work: Path, groups: list[str], *,
+                         create_database: bool, suite: Path = REGRESS_SUITE,
+                         timeout: float = 900) -> RegressResult:
+    """Run ``groups`` (lines of parallel_schedule) with pg_regress against ``cluster``.
+
+    pg_regress creates the ``regression`` database (and its roles) unless
+    ``create_database`` is false, which continues in the database an earlier call left.
+    The suite is copied under ``work`` and pg_regress runs as the server's OS user, so
+    the server can read its data files and write the files its COPY TO tests write.
+    Tests whose output differs from expected/ are listed, not raised: the WAL they write
+    is the point; a pg_regress that cannot run at all raises WorkloadError.
+    """
+    import shutil
+
+    from pagestore.pg.cluster import as_server_user, give_to_server_user
+
+    regress = work / "pg-regress"
+    if not regress.exists():
+        shutil.copytree(suite, regress)
+    out = work / f"pg-regress-out-{len(list(work.glob('pg-regress-out-*')))}"
+    out.mkdir()
+    give_to_server_user(out)
+    schedule = out / "schedule"
+    schedule.write_text("\n".join(groups) + "\n")
+    pg_regress = cluster.bin_dir.parent / "lib" / "pgxs" / "src" / "test" / "regress" / "pg_regress"
+    argv = [str(pg_regress), "--host=127.0.0.1", f"--port={cluster.port}",
+            f"--user={cluster.user}", f"--inputdir={regress}", f"--outputdir={out}",
+            f"--dlpath={regress}", f"--bindir={cluster.bin_dir}", f"--schedule={schedule}",
+            "--max-connections=20"]
+    if not create_database:
+        argv.append("--use-existing")
+    env = {**_client_env(cluster), "PGTZ": "PST8PDT", "PGDATESTYLE": "Postgres, MDY"}
+    try:
+        proc = subprocess.run(as_server_user(argv), capture_output=True, text=True, env=env,
+                              timeout=timeout, stdin=subprocess.DEVNULL, cwd=out)
+    except subprocess.TimeoutExpired as e:
+        raise WorkloadError(f"pg_regress timed out after {timeout}s") from e
+    text = proc.stdout + proc.stderr
+    ran = re.findall(r"^\s*(?:test\s+)?(\S+)\s+\.\.\. (ok|FAILED|failed \(ignored\))", text,
+                     re.MULTILINE)
+    if proc.returncode not in (0, 1) or not ran:
+        raise WorkloadError(f"pg_regress exited {proc.returncode}:\n{text[-3000:]}")
+    return RegressResult(len(ran), [name for name, verdict in ran if verdict != "ok"], text)

@@ -253,22 +253,34 @@ def page_add_item(page: Page, item: bytes | bytearray | memoryview, offnum: int,
 
 # --------------------------------------------------------------------------- compaction
 
-def _compactify(page: Page, items: list[tuple[int, int, int]]) -> None:
+_LP_ARRAYS: dict[int, struct.Struct] = {}
+
+
+def _lp_array(count: int) -> struct.Struct:
+    """The line pointer array of ``count`` entries as one precompiled struct."""
+    array = _LP_ARRAYS.get(count)
+    if array is None:
+        array = _LP_ARRAYS[count] = struct.Struct(f"<{count}I")
+    return array
+
+
+def _compactify(page: Page, items: list[tuple[int, int, int]], words: list[int]) -> None:
     """compactify_tuples: ``items`` are (offsetindex, itemoff, alignedlen) in line-pointer
     order.  Walking them in that order (not in itemoff order: PostgreSQL 14+ places the
     items of a non-presorted array in array order too), each item's aligned bytes go
-    contiguously downward from pd_special; line pointers get their new offsets; pd_upper
-    follows.  Other bytes keep their content."""
+    contiguously downward from pd_special; line pointers (``words``, the whole array,
+    written back here) get their new offsets; pd_upper follows.  The items then fill
+    [pd_upper, pd_special) exactly, so the area is built in one piece."""
     orig = bytes(page)
     upper = pd_special(page)
+    chunks = []
     for offsetindex, itemoff, alignedlen in items:
         upper -= alignedlen
-        if upper != itemoff:
-            page[upper:upper + alignedlen] = orig[itemoff:itemoff + alignedlen]
-        # lp_off only; flags and length stay
-        lp_at = SIZE_OF_PAGE_HEADER + offsetindex * ITEM_ID_SIZE
-        (word,) = U32.unpack_from(page, lp_at)
-        U32.pack_into(page, lp_at, (word & ~0x7FFF) | upper)
+        chunks.append(orig[itemoff:itemoff + alignedlen])
+        words[offsetindex] = (words[offsetindex] & ~0x7FFF) | upper  # lp_off only
+    chunks.reverse()
+    page[upper:pd_special(page)] = b"".join(chunks)
+    _lp_array(len(words)).pack_into(page, SIZE_OF_PAGE_HEADER, *words)
     set_pd_upper(page, upper)
 
 
@@ -277,30 +289,34 @@ def page_repair_fragmentation(page: Page) -> None:
     trailing unused line pointers, set PD_HAS_FREE_LINES when unused ones remain."""
     lower, upper, special = _check_pointers(page)
     nline = page_get_max_offset_number(page)
+    words = list(_lp_array(nline).unpack_from(page, SIZE_OF_PAGE_HEADER)) if nline else []
     items: list[tuple[int, int, int]] = []
     nunused = 0
     totallen = 0
     finalusedlp = INVALID_OFFSET_NUMBER
-    for i in range(FIRST_OFFSET_NUMBER, nline + 1):
-        off, flags, length = get_item_id(page, i)
-        if flags != LP_UNUSED:
+    for i, word in enumerate(words):
+        if (word >> 15) & 0x3 != LP_UNUSED:
+            length = word >> 17
             if length != 0:
+                off = word & 0x7FFF
                 if off < upper or off >= special:
                     raise CorruptionError(f"corrupted line pointer: {off}")
                 alen = maxalign(length)
-                items.append((i - 1, off, alen))
+                items.append((i, off, alen))
                 totallen += alen
-            finalusedlp = i
+            finalusedlp = i + 1
         else:
-            item_id_set_unused(page, i)
+            words[i] = 0  # ItemIdSetUnused
             nunused += 1
     if not items:
+        if words:
+            _lp_array(nline).pack_into(page, SIZE_OF_PAGE_HEADER, *words)
         set_pd_upper(page, special)
     else:
         if totallen > special - lower:
             raise CorruptionError(f"corrupted item lengths: total {totallen}, available space "
                                   f"{special - lower}")
-        _compactify(page, items)
+        _compactify(page, items, words)
     if finalusedlp != nline:
         nunusedend = nline - finalusedlp
         nunused -= nunusedend
@@ -337,9 +353,6 @@ def page_truncate_line_pointer_array(page: Page) -> None:
 
 # --------------------------------------------------------------------------- index pages
 
-_LP_ARRAYS: dict[int, struct.Struct] = {}
-
-
 def _shift_item_offsets(page: Page, count: int, limit: int, delta: int, *,
                         storage_only: bool) -> None:
     """Line pointers 1..count whose lp_off <= ``limit`` (with ``storage_only``: and whose
@@ -347,9 +360,7 @@ def _shift_item_offsets(page: Page, count: int, limit: int, delta: int, *,
     item area in PageIndexTupleDelete & co, done over the whole array at once."""
     if count <= 0:
         return
-    array = _LP_ARRAYS.get(count)
-    if array is None:
-        array = _LP_ARRAYS[count] = struct.Struct(f"<{count}I")
+    array = _lp_array(count)
     words = array.unpack_from(page, SIZE_OF_PAGE_HEADER)
     if storage_only:
         moved = [w + delta if (w & 0x7FFF) <= limit and w >> 17 else w for w in words]
@@ -392,29 +403,30 @@ def page_index_multi_delete(page: Page, itemnos: list[int]) -> None:
         return
     lower, upper, special = _check_pointers(page)
     nline = page_get_max_offset_number(page)
+    words = _lp_array(nline).unpack_from(page, SIZE_OF_PAGE_HEADER) if nline else ()
     items: list[tuple[int, int, int]] = []
-    new_lps: list[bytes] = []
+    kept: list[int] = []
     nextitm = 0
     totallen = 0
-    for offnum in range(FIRST_OFFSET_NUMBER, nline + 1):
-        offset, size = _check_item(page, offnum, upper, special)
-        if nextitm < len(itemnos) and offnum == itemnos[nextitm]:
+    for i, word in enumerate(words):
+        offset, size = word & 0x7FFF, word >> 17
+        if offset < upper or offset + size > special or offset != maxalign(offset):
+            raise CorruptionError(f"corrupted line pointer: offset = {offset}, size = {size}")
+        if nextitm < len(itemnos) and i + 1 == itemnos[nextitm]:
             nextitm += 1
         else:
             alen = maxalign(size)
-            items.append((len(new_lps), offset, alen))
+            items.append((len(kept), offset, alen))
             totallen += alen
-            lp = item_id_offset(offnum)
-            new_lps.append(bytes(page[lp:lp + ITEM_ID_SIZE]))
+            kept.append(word)
     if nextitm != len(itemnos):
         raise CorruptionError("incorrect index offsets supplied")
     if totallen > special - lower:
         raise CorruptionError(f"corrupted item lengths: total {totallen}, available space "
                               f"{special - lower}")
-    page[SIZE_OF_PAGE_HEADER:SIZE_OF_PAGE_HEADER + ITEM_ID_SIZE * len(new_lps)] = b"".join(new_lps)
-    set_pd_lower(page, SIZE_OF_PAGE_HEADER + ITEM_ID_SIZE * len(new_lps))
-    if new_lps:
-        _compactify(page, items)
+    set_pd_lower(page, SIZE_OF_PAGE_HEADER + ITEM_ID_SIZE * len(kept))
+    if kept:
+        _compactify(page, items, kept)
     else:
         set_pd_upper(page, special)
 

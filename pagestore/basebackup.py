@@ -85,7 +85,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import crc32c
 
-from pagestore import metadata
+from pagestore import metadata, reldir
 from pagestore.errors import BadRequest, CorruptionError
 from pagestore.keys import (
     BLCKSZ,
@@ -99,7 +99,6 @@ from pagestore.keys import (
     controlfile_key,
     dbdir_key,
     rel_block_key,
-    rel_dir_key,
     rel_size_key,
     relmap_key,
     slru_block_key,
@@ -650,9 +649,8 @@ class _Backup:
                     self.rel_file(rel, rel)
 
     def rels(self, spc: int, db: int) -> list[RelTag]:
-        raw = self.image(rel_dir_key(spc, db))
-        entries = metadata.decode_reldir(raw) if raw else set()
-        return [RelTag(spc, db, relnode, fork) for relnode, fork in sorted(entries)]
+        entries = reldir.read(self.image, spc, db).entries()
+        return [RelTag(spc, db, relnode, fork) for relnode, fork in entries]
 
     def dbdir(self, spc: int, db: int, has_relmap: bool, rels: list[RelTag],
               pg_version: bytes) -> bool:

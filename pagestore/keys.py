@@ -172,6 +172,11 @@ def rel_dir_key(spcnode: int, dbnode: int) -> Key:
     return Key(0x00, spcnode, dbnode, 0, 0, 1)
 
 
+def rel_dir_shard_key(spcnode: int, dbnode: int, shard: int) -> Key:
+    """One shard of a database's relation directory (pagestore.reldir)."""
+    return Key(0x00, spcnode, dbnode, 0, 1, shard)
+
+
 def db_key_range(spcnode: int, dbnode: int) -> tuple[Key, Key]:
     """Every key of one database (relmap, rel dir, all relations)."""
     return (Key(0x00, spcnode, dbnode, 0, 0, 0),

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from pagestore import metadata, values
+from pagestore import metadata, reldir, values
 from pagestore.errors import BadRequest, LayerFileMissing, NotFound
 from pagestore.keys import (
     BLCKSZ,
@@ -37,7 +37,6 @@ from pagestore.keys import (
     controlfile_key,
     dbdir_key,
     rel_block_key,
-    rel_dir_key,
     rel_size_key,
     relmap_key,
     slru_block_key,
@@ -138,8 +137,8 @@ class TimelineView:
     def rel_exists(self, rel: RelTag, lsn: Lsn) -> bool:
         if rel.relnode == 0:
             raise BadRequest(f"invalid relation {rel}: relnode 0")
-        raw = self.image(rel_dir_key(rel.spcnode, rel.dbnode), lsn)
-        return raw is not None and (rel.relnode, rel.forknum) in metadata.decode_reldir(raw)
+        return reldir.contains(lambda key: self.image(key, lsn), rel.spcnode, rel.dbnode,
+                               (rel.relnode, rel.forknum))
 
     def rel_size(self, rel: RelTag, lsn: Lsn, *, allow_missing: bool = False) -> int | None:
         """Blocks in a relation fork.
@@ -162,9 +161,9 @@ class TimelineView:
 
     def list_relations(self, spcnode: int, dbnode: int, lsn: Lsn) -> list[tuple[RelTag, int]]:
         """Every relation fork of a database with its size in blocks."""
-        raw = self.image(rel_dir_key(spcnode, dbnode), lsn)
         out = []
-        for relnode, fork in sorted(metadata.decode_reldir(raw) if raw else set()):
+        for relnode, fork in reldir.read(lambda key: self.image(key, lsn), spcnode,
+                                         dbnode).entries():
             rel = RelTag(spcnode, dbnode, relnode, fork)
             size = self.image(rel_size_key(rel), lsn)
             out.append((rel, metadata.decode_nblocks(size) if size else 0))
@@ -186,15 +185,18 @@ class TimelineView:
         value is a page (relation and SLRU blocks: they may need redo) and False for
         metadata.  What an image layer of the whole key range at ``lsn`` holds (Neon's
         collect_keyspace)."""
-        raw = self.image(dbdir_key(), lsn)
+        def image(key: Key) -> bytes | None:
+            return self.image(key, lsn)
+
+        raw = image(dbdir_key())
         dbdir = metadata.decode_dbdir(raw) if raw else {}
         yield dbdir_key(), False
         for (spc, db) in sorted(dbdir):
             if dbdir[(spc, db)]:
                 yield relmap_key(spc, db), False
-            raw = self.image(rel_dir_key(spc, db), lsn)
-            yield rel_dir_key(spc, db), False
-            for relnode, fork in sorted(metadata.decode_reldir(raw) if raw else set()):
+            for key in reldir.stored_keys(image, spc, db):
+                yield key, False
+            for relnode, fork in reldir.read(image, spc, db).entries():
                 rel = RelTag(spc, db, relnode, fork)
                 size = self.image(rel_size_key(rel), lsn)
                 nblocks = metadata.decode_nblocks(size) if size else 0

@@ -43,7 +43,6 @@ from pagestore.keys import (
     controlfile_key,
     dbdir_key,
     rel_block_key,
-    rel_dir_key,
     rel_size_key,
     relmap_key,
     slru_block_key,
@@ -55,6 +54,7 @@ from pagestore.keys import (
 from pagestore.layers.image import ImageLayerWriter
 from pagestore.pg.controlfile import ControlFile
 from pagestore.pg.tar import TarChunk, TarEnd, TarEvent, TarMember
+from pagestore.reldir import RelDir
 from services.ingest.walingest import TimelineState
 
 if TYPE_CHECKING:
@@ -224,9 +224,9 @@ def import_datadir(datadir: Path, timeline_dir: Path, lsn: Lsn) -> ImportResult:
             if st.dbdir[(spc, db)]:
                 w.put(relmap_key(spc, db), values.image((path / RELMAP_FILE).read_bytes()))
             rels = all_rels[(spc, db)]
-            entries = {(r.relnode, r.forknum) for r in rels}
-            st.reldirs[(spc, db)] = entries
-            w.put(rel_dir_key(spc, db), values.image(metadata.encode_reldir(entries)))
+            st.reldirs[(spc, db)] = RelDir.of([(r.relnode, r.forknum) for r in rels])
+            for key, value in st.reldirs[(spc, db)].all_values(spc, db).items():
+                w.put(key, values.image(value))
             for rel in sorted(rels):
                 n = rels[rel].nblocks(rel)
                 blkno = 0

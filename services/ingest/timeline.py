@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pagestore import failpoints, metadata, values
+from pagestore import failpoints, metadata, reldir, values
 from pagestore.catalog import repo
 from pagestore.errors import PagestoreError
 from pagestore.keys import (
@@ -40,7 +40,6 @@ from pagestore.keys import (
     checkpoint_key,
     controlfile_key,
     dbdir_key,
-    rel_dir_key,
     rel_size_key,
     slru_dir_key,
     slru_segment_size_key,
@@ -85,10 +84,9 @@ def load_state(view: TimelineView, lsn: Lsn) -> TimelineState:
     raw = view.image(dbdir_key(), lsn)
     st.dbdir = metadata.decode_dbdir(raw) if raw else {}
     for spc, db in st.dbdir:
-        raw = view.image(rel_dir_key(spc, db), lsn)
-        rels = metadata.decode_reldir(raw) if raw else set()
+        rels = reldir.read(lambda key: view.image(key, lsn), spc, db)
         st.reldirs[(spc, db)] = rels
-        for relnode, fork in rels:
+        for relnode, fork in rels.entries():
             rel = RelTag(spc, db, relnode, fork)
             size = view.image(rel_size_key(rel), lsn)
             st.relsizes[rel] = metadata.decode_nblocks(size) if size else 0

@@ -39,7 +39,6 @@ from pagestore.keys import (
     checkpoint_key,
     dbdir_key,
     rel_block_key,
-    rel_dir_key,
     rel_size_key,
     relmap_key,
     slru_block_key,
@@ -55,6 +54,7 @@ from pagestore.pg.xlogrecord import BlockReference, DecodedRecord, restore_block
 from pagestore.redo import heap as heap_redo
 from pagestore.redo import visibilitymap as vm
 from pagestore.redo.bufpage import new_page
+from pagestore.reldir import RelDir
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class TimelineState:
     rebuilt from layer files on restart)."""
 
     dbdir: dict[tuple[int, int], bool] = field(default_factory=dict)
-    reldirs: dict[tuple[int, int], set[tuple[int, int]]] = field(default_factory=dict)
+    reldirs: dict[tuple[int, int], RelDir] = field(default_factory=dict)
     relsizes: dict[RelTag, int] = field(default_factory=dict)
     slru_dirs: dict[SlruKind, set[int]] = field(default_factory=lambda: {k: set() for k in SlruKind})
     slru_sizes: dict[tuple[SlruKind, int], int] = field(default_factory=dict)
@@ -239,9 +239,9 @@ class WalIngest:
         if dbkey not in st.dbdir:
             st.dbdir[dbkey] = False
             batch.put_meta(dbdir_key(), metadata.encode_dbdir(st.dbdir))
-        rels = st.reldirs.setdefault(dbkey, set())
-        rels.add((rel.relnode, rel.forknum))
-        batch.put_meta(rel_dir_key(*dbkey), metadata.encode_reldir(rels))
+        for key, value in st.reldirs.setdefault(dbkey, RelDir()).add(
+                *dbkey, (rel.relnode, rel.forknum)).items():
+            batch.put_meta(key, value)
         st.relsizes[rel] = 0
         batch.put_meta(rel_size_key(rel), metadata.encode_nblocks(0))
         return True
@@ -273,8 +273,8 @@ class WalIngest:
         dbkey = (rel.spcnode, rel.dbnode)
         rels = st.reldirs.get(dbkey)
         if rels is not None:
-            rels.discard((rel.relnode, rel.forknum))
-            batch.put_meta(rel_dir_key(*dbkey), metadata.encode_reldir(rels))
+            for key, value in rels.discard(*dbkey, (rel.relnode, rel.forknum)).items():
+                batch.put_meta(key, value)
 
     # ------------------------------------------------------------------ heap / VM
     def _heap_vm_clears(self, batch: _Batch, rec: DecodedRecord) -> None:
@@ -441,11 +441,13 @@ class WalIngest:
             spcs = struct.unpack_from(f"<{ntablespaces}I", rec.main_data, DBASE_DROP_HEAD.size)
             for spc in spcs:
                 dbkey = (spc, db)
-                for relnode, fork in sorted(st.reldirs.pop(dbkey, set())):
+                dropped = st.reldirs.pop(dbkey, RelDir())
+                for relnode, fork in dropped.entries():
                     rel = RelTag(spc, db, relnode, fork)
                     if st.relsizes.pop(rel, None) is not None:
                         batch.put_meta(rel_size_key(rel), b"")
-                batch.put_meta(rel_dir_key(*dbkey), b"")
+                for key in dropped.all_values(*dbkey):
+                    batch.put_meta(key, b"")
                 if st.dbdir.pop(dbkey, None) is not None:
                     batch.put_meta(relmap_key(*dbkey), b"")
                     batch.put_meta(dbdir_key(), metadata.encode_dbdir(st.dbdir))
@@ -464,10 +466,11 @@ class WalIngest:
         if has_relmap:
             batch.put_meta(relmap_key(*dst),
                            values.image_bytes(self.read_page(relmap_key(*src), rec.lsn)))
-        rels = set(st.reldirs.get(src, set()))
+        rels = RelDir.of(st.reldirs[src].entries() if src in st.reldirs else [])
         st.reldirs[dst] = rels
-        batch.put_meta(rel_dir_key(*dst), metadata.encode_reldir(rels))
-        for relnode, fork in sorted(rels):
+        for key, value in rels.all_values(*dst).items():
+            batch.put_meta(key, value)
+        for relnode, fork in rels.entries():
             src_rel = RelTag(src[0], src[1], relnode, fork)
             dst_rel = RelTag(dst[0], dst[1], relnode, fork)
             n = st.relsizes.get(src_rel, 0)
@@ -586,8 +589,9 @@ class WalIngest:
             st.dbdir[dbkey] = True
             batch.put_meta(dbdir_key(), metadata.encode_dbdir(st.dbdir))
         if dbkey not in st.reldirs:
-            st.reldirs[dbkey] = set()
-            batch.put_meta(rel_dir_key(*dbkey), metadata.encode_reldir(set()))
+            st.reldirs[dbkey] = RelDir()
+            for key, value in st.reldirs[dbkey].all_values(*dbkey).items():
+                batch.put_meta(key, value)
 
     def _standby(self, batch: _Batch, rec: DecodedRecord) -> None:
         if rec.rmgr_info == XLOG_RUNNING_XACTS and self.state.checkpoint is not None:

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 from pagestore.errors import CorruptWalError, UnsupportedWalRecord
 from pagestore.keys import BLCKSZ
 from pagestore.redo.bufpage import (
+    INVALID_BLOCK_NUMBER,
+    ITEM_POINTER,
     PAI_OVERWRITE,
     SIZE_OF_PAGE_HEADER,
     U32,
@@ -66,11 +68,9 @@ BRIN_EVACUATE_PAGE = 1 << 0
 BRIN_META = struct.Struct("<IIII")
 BRIN_META_LAST_REVMAP_OFF = 12
 # ItemPointerData: bi_hi u16, bi_lo u16, ip_posid u16
-ITEM_POINTER = struct.Struct("<HHH")
 # RevmapContents: ItemPointerData rm_tids[REVMAP_PAGE_MAXITEMS] right after the header
 REVMAP_PAGE_MAXITEMS = (BLCKSZ - maxalign(SIZE_OF_PAGE_HEADER) - BRIN_SPECIAL_SIZE) \
     // ITEM_POINTER.size
-INVALID_BLOCK_NUMBER = 0xFFFFFFFF
 
 # xl_brin_createidx: pagesPerRange u32, version u16
 XL_BRIN_CREATEIDX = struct.Struct("<IH")

@@ -54,8 +54,12 @@ from pagestore.errors import CorruptionError, CorruptWalError, UnsupportedWalRec
 from pagestore.redo.bufpage import (
     BLCKSZ,
     FIRST_OFFSET_NUMBER,
+    INDEX_SIZE_MASK,
     INVALID_OFFSET_NUMBER,
+    ITEM_POINTER,
     SIZE_OF_PAGE_HEADER,
+    U16,
+    U32,
     get_item,
     maxalign,
     page_add_item,
@@ -126,10 +130,8 @@ P_NONE = 0
 P_HIKEY = 1
 BTREE_METAPAGE = 0
 BTREE_MAGIC = 0x053162
-INVALID_BLOCK_NUMBER = 0xFFFF_FFFF
 
 # IndexTupleData.t_info bits (itup.h) and BTreeTuple offset-number bits (nbtree.h)
-INDEX_SIZE_MASK = 0x1FFF
 INDEX_ALT_TID_MASK = 0x2000
 BT_OFFSET_MASK = 0x0FFF
 BT_IS_POSTING = 0x2000
@@ -150,15 +152,12 @@ BT_META_PAGE = struct.Struct("<7I4xd?7x")
 # IndexTupleData: t_tid.bi_hi u16, t_tid.bi_lo u16, t_tid.ip_posid u16, t_info u16
 INDEX_TUPLE = struct.Struct("<HHHH")
 # ItemPointerData: bi_hi u16, bi_lo u16, ip_posid u16
-ITEM_POINTER = struct.Struct("<HHH")
 # BlockIdData (ip_blkid, the start of ItemPointerData): bi_hi u16, bi_lo u16
 BLOCK_ID = struct.Struct("<HH")
 ITEM_POINTER_SIZE = ITEM_POINTER.size
 T_INFO_OFF = 6
 # BTDeletedPageData: safexid u64 (FullTransactionId)
 BT_DELETED_PAGE = struct.Struct("<Q")
-U16 = struct.Struct("<H")
-U32 = struct.Struct("<I")
 
 # xl_btree_metadata: version u32, root u32, level u32, fastroot u32, fastlevel u32,
 # last_cleanup_num_delpages u32, allequalimage bool, pad 3 (logged with sizeof)

@@ -22,8 +22,8 @@ from __future__ import annotations
 import struct
 
 from pagestore.errors import CorruptionError
+from pagestore.keys import BLCKSZ as BLCKSZ  # re-exported: the page size of every page module
 
-BLCKSZ = 8192
 SIZE_OF_PAGE_HEADER = 24
 ITEM_ID_SIZE = 4
 PG_PAGE_LAYOUT_VERSION = 4
@@ -35,6 +35,10 @@ PAGE_HEADER = struct.Struct("<IIHHHHHHI")
 U16 = struct.Struct("<H")
 U32 = struct.Struct("<I")
 LSN = struct.Struct("<II")
+# ItemPointerData: ip_blkid (bi_hi u16, bi_lo u16), ip_posid u16
+ITEM_POINTER = struct.Struct("<HHH")
+INVALID_BLOCK_NUMBER = 0xFFFF_FFFF
+INDEX_SIZE_MASK = 0x1FFF  # IndexTupleData.t_info: the tuple's size
 
 PD_LSN_OFF = 0
 PD_CHECKSUM_OFF = 8

@@ -55,6 +55,9 @@ from pagestore.errors import CorruptWalError, UnsupportedWalRecord
 from pagestore.keys import BLCKSZ
 from pagestore.redo.bufpage import (
     FIRST_OFFSET_NUMBER,
+    INDEX_SIZE_MASK,
+    INVALID_BLOCK_NUMBER,
+    ITEM_POINTER,
     SIZE_OF_PAGE_HEADER,
     U16,
     U32,
@@ -114,7 +117,6 @@ GIN_COMPRESSED = 1 << 7
 GIN_METAPAGE_BLKNO = 0
 GIN_ROOT_BLKNO = 1
 GIN_CURRENT_VERSION = 2
-INVALID_BLOCK_NUMBER = 0xFFFFFFFF
 
 # GinPageOpaqueData: rightlink u32, maxoff u16, flags u16
 GIN_OPAQUE = struct.Struct("<IHH")
@@ -129,7 +131,6 @@ GIN_META_PAGE_DATA = struct.Struct("<IIIIqIII4xqi4x")
 META_OFF = maxalign(SIZE_OF_PAGE_HEADER)  # PageGetContents
 
 # ItemPointerData: bi_hi u16, bi_lo u16, ip_posid u16
-ITEM_POINTER = struct.Struct("<HHH")
 # PostingItem: child_blkno (bi_hi u16, bi_lo u16), key ItemPointerData
 POSTING_ITEM_SIZE = 10
 # GinPostingList: first ItemPointerData, nbytes u16, then the varbyte bytes
@@ -139,7 +140,6 @@ POSTING_LIST_HEADER_SIZE = POSTING_LIST_HEADER.size  # offsetof(GinPostingList, 
 DATA_OFF = META_OFF + maxalign(ITEM_POINTER.size)
 # GinDataPageMaxDataSize
 DATA_PAGE_MAX_DATA_SIZE = BLCKSZ - DATA_OFF - maxalign(GIN_OPAQUE.size)
-INDEX_SIZE_MASK = 0x1FFF
 T_INFO_OFF = 6  # IndexTupleData: t_tid (6 bytes), t_info u16
 
 # ginxlogCreatePostingTree: size u32; the posting list follows

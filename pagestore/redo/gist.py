@@ -35,6 +35,8 @@ from pagestore.errors import CorruptWalError, UnsupportedWalRecord
 from pagestore.keys import BLCKSZ
 from pagestore.redo.bufpage import (
     FIRST_OFFSET_NUMBER,
+    INDEX_SIZE_MASK,
+    INVALID_BLOCK_NUMBER,
     SIZE_OF_PAGE_HEADER,
     U16,
     U32,
@@ -68,7 +70,6 @@ F_FOLLOW_RIGHT = 1 << 3
 F_HAS_GARBAGE = 1 << 4
 GIST_PAGE_ID = 0xFF81
 GIST_ROOT_BLKNO = 0
-INVALID_BLOCK_NUMBER = 0xFFFFFFFF
 
 # GISTPageOpaqueData: nsn (xlogid u32, xrecoff u32), rightlink u32, flags u16, page id u16
 GIST_OPAQUE = struct.Struct("<IIIHH")
@@ -82,7 +83,6 @@ FLAGS_OFF = OPAQUE_OFF + GIST_FLAGS_OFF
 NSN = struct.Struct("<II")
 I32 = struct.Struct("<i")
 U64 = struct.Struct("<Q")
-INDEX_SIZE_MASK = 0x1FFF
 T_INFO_OFF = 6  # IndexTupleData: t_tid (6 bytes), t_info u16
 
 # gistxlogPageUpdate: ntodelete u16, ntoinsert u16

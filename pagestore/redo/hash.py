@@ -56,6 +56,8 @@ from typing import TYPE_CHECKING
 from pagestore.errors import CorruptionError, CorruptWalError, UnsupportedWalRecord
 from pagestore.keys import BLCKSZ
 from pagestore.redo.bufpage import (
+    INDEX_SIZE_MASK,
+    INVALID_BLOCK_NUMBER,
     SIZE_OF_PAGE_HEADER,
     U16,
     U32,
@@ -104,7 +106,6 @@ LH_PAGE_HAS_DEAD_TUPLES = 1 << 7
 LH_PAGE_TYPE = LH_OVERFLOW_PAGE | LH_BUCKET_PAGE | LH_BITMAP_PAGE | LH_META_PAGE
 
 HASHO_PAGE_ID = 0xFF80
-INVALID_BLOCK_NUMBER = 0xFFFFFFFF
 INVALID_BUCKET = 0xFFFFFFFF
 HASH_MAGIC = 0x6440640
 HASH_VERSION = 4
@@ -151,7 +152,6 @@ BITMAP_OFF = META_OFF
 HASH_MAX_BITMAP_SIZE = BLCKSZ - (META_OFF + maxalign(HASH_PAGE_OPAQUE.size))
 BITS_PER_MAP = 32
 
-INDEX_SIZE_MASK = 0x1FFF
 T_INFO_OFF = 6  # IndexTupleData: t_tid (6 bytes), t_info u16
 
 # xl_hash_init_meta_page: num_tuples double, procid u32 (RegProcedure), ffactor u16

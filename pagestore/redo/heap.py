@@ -43,11 +43,14 @@ from pagestore.keys import ForkNumber, RelTag
 from pagestore.pg import rmgr
 from pagestore.pg.rmgr import RmgrId
 from pagestore.redo.bufpage import (
+    ITEM_POINTER,
     LP_DEAD,
     LP_NORMAL,
     PAI_IS_HEAP,
     PAI_OVERWRITE,
     PD_ALL_VISIBLE,
+    U16,
+    U32,
     get_item_id,
     item_id_set_dead,
     item_id_set_redirect,
@@ -187,8 +190,6 @@ XL_MULTI_INSERT_TUPLE = struct.Struct("<HHHB")
 # flags u8
 XL_HEAP_LOCK_UPDATED = struct.Struct("<IHBB")
 OFFSET_NUMBER = struct.Struct("<H")
-U16 = struct.Struct("<H")
-U32 = struct.Struct("<I")
 
 # --------------------------------------------------------------------------- tuple header
 
@@ -204,7 +205,6 @@ T_INFOMASK2_OFF = 18
 T_INFOMASK_OFF = 20
 T_HOFF_OFF = 22
 # ItemPointerData: bi_hi u16, bi_lo u16, ip_posid u16
-ITEM_POINTER = struct.Struct("<HHH")
 
 MAX_HEAP_TUPLE_SIZE = 8192 - 32  # BLCKSZ - MAXALIGN(SizeOfPageHeaderData + sizeof(ItemIdData))
 

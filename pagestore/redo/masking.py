@@ -55,6 +55,10 @@ from pagestore.redo.brin import (
     BRIN_TYPE_OFF,
 )
 from pagestore.redo.bufpage import (
+    FIRST_OFFSET_NUMBER,
+    ITEM_ID_SIZE,
+    ITEM_POINTER,
+    LP_NORMAL,
     LSN,
     PAGE_HEADER,
     PD_ALL_VISIBLE,
@@ -87,7 +91,6 @@ from pagestore.redo.hash import (
 from pagestore.redo.hash import LH_BITMAP_PAGE as LH_BITMAP_PAGE
 
 MASK_MARKER = 0
-MAXIMUM_ALIGNOF = 8
 
 # The page header layout is bufpage.py's (one definition): PageHeaderData, its field
 # offsets and flag bits.
@@ -98,14 +101,8 @@ PAGE_XLOG_REC_PTR = LSN  # PageXLogRecPtr: xlogid u32, xrecoff u32 (pd_lsn, GiST
 # ItemIdData: one u32 bitfield, low bits first on x86-64/aarch64 gcc:
 # lp_off:15 (bits 0-14), lp_flags:2 (bits 15-16), lp_len:15 (bits 17-31)
 ITEM_ID = U32
-ITEM_ID_SIZE = ITEM_ID.size
 LP_FLAGS_SHIFT = 15
 LP_FLAGS_BITS = 0x3 << LP_FLAGS_SHIFT
-LP_UNUSED = 0
-LP_NORMAL = 1
-LP_REDIRECT = 2
-LP_DEAD = 3
-FIRST_OFFSET_NUMBER = 1
 
 # HeapTupleHeaderData: t_xmin u32, t_xmax u32, t_cid/t_xvac u32, t_ctid (bi_hi u16,
 # bi_lo u16, ip_posid u16), t_infomask2 u16, t_infomask u16, t_hoff u8; t_bits follow
@@ -115,7 +112,6 @@ T_CID_OFF = 8
 T_CTID_OFF = 12
 T_INFOMASK_OFF = 20
 # ItemPointerData: ip_blkid.bi_hi u16, ip_blkid.bi_lo u16, ip_posid u16
-ITEM_POINTER = struct.Struct("<HHH")
 
 HEAP_XMIN_COMMITTED = 0x0100
 HEAP_XMIN_INVALID = 0x0200
@@ -136,10 +132,6 @@ BTP_SPLIT_END = 1 << 5
 BTP_HAS_GARBAGE = 1 << 6
 
 MaskFunction = Callable[[bytearray, int], None]
-
-
-def maxalign(n: int) -> int:
-    return (n + MAXIMUM_ALIGNOF - 1) & ~(MAXIMUM_ALIGNOF - 1)
 
 
 def _check_page(page: bytearray) -> None:

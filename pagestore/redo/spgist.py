@@ -59,8 +59,11 @@ from typing import TYPE_CHECKING
 from pagestore.errors import CorruptWalError, UnsupportedWalRecord
 from pagestore.keys import BLCKSZ
 from pagestore.redo.bufpage import (
+    INDEX_SIZE_MASK,
+    INVALID_BLOCK_NUMBER,
     INVALID_OFFSET_NUMBER,
     ITEM_ID_SIZE,
+    ITEM_POINTER,
     U16,
     U32,
     get_item_id,
@@ -102,7 +105,6 @@ SPGIST_DEAD = 2
 SPGIST_PLACEHOLDER = 3
 TUPSTATE_MASK = 0x3
 
-INVALID_BLOCK_NUMBER = 0xFFFFFFFF
 INVALID_TRANSACTION_ID = 0
 
 # SpGistPageOpaqueData: flags u16, nRedirection u16, nPlaceholder u16, spgist_page_id u16
@@ -118,7 +120,6 @@ DEAD_TUPLE = struct.Struct("<IHHHHI")
 SGDTSIZE = DEAD_TUPLE.size
 DEAD_POINTER_OFF = 6
 # ItemPointerData: bi_hi u16, bi_lo u16, ip_posid u16
-ITEM_POINTER = struct.Struct("<HHH")
 # SpGistLeafTupleData: word u32 (tupstate:2, size:30), t_info u16, heapPtr (6 bytes)
 LEAF_HEADER = struct.Struct("<IH")
 LEAF_T_INFO_OFF = 4
@@ -129,7 +130,6 @@ INNER_HEADER = struct.Struct("<IH")
 SGITHDRSZ = 8
 # SpGistNodeTupleData = IndexTupleData: t_tid (6 bytes), t_info u16 (size in low 13 bits)
 NODE_T_INFO_OFF = 6
-INDEX_SIZE_MASK = 0x1FFF
 
 # spgxlogAddLeaf: newPage bool, storesNulls bool, offnumLeaf u16, offnumHeadLeaf u16,
 # offnumParent u16, nodeI u16; sizeof = 10, the leaf tuple follows

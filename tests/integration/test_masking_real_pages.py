@@ -21,6 +21,7 @@ from pathlib import Path
 from pagestore.pg.cluster import PgCluster, as_server_user, free_port, give_to_server_user
 from pagestore.pg.controlfile import ControlFile
 from pagestore.pg.rmgr import RmgrId
+from pagestore.redo import bufpage
 from pagestore.redo import masking as m
 from tests.fixtures.postgres import PgFactory
 from tests.fixtures.util import wait_until
@@ -93,7 +94,7 @@ def max_offset(page: bytes | bytearray) -> int:
 def normal_items(page: bytes | bytearray) -> list[tuple[int, int, int]]:
     """(offnum, lp_off, lp_len) of every LP_NORMAL item."""
     return [(i, off, ln) for i in range(1, max_offset(page) + 1)
-            for off, flags, ln in [lp(page, i)] if flags == m.LP_NORMAL]
+            for off, flags, ln in [lp(page, i)] if flags == bufpage.LP_NORMAL]
 
 
 def bt_flags(page: bytes | bytearray) -> tuple[int, int]:
@@ -157,7 +158,7 @@ def test_masks_on_real_pages(pg_factory: PgFactory) -> None:
     BTOPAQUE.pack_into(noisy, special, *BTOPAQUE.unpack_from(leaf, special)[:3],
                        flags | m.BTP_HAS_GARBAGE | m.BTP_SPLIT_END, 0x2A)
     word = U32.unpack_from(leaf, 28)[0]
-    U32.pack_into(noisy, 28, word | m.LP_DEAD << 15)  # kill item 2
+    U32.pack_into(noisy, 28, word | bufpage.LP_DEAD << 15)  # kill item 2
     leaf_masked = m.mask_page(RmgrId.BTREE, leaf)
     assert noisy != leaf and m.mask_page(RmgrId.BTREE, noisy) == leaf_masked
     key = lp(leaf, 3)[0] + 8  # first byte of item 3's key (IndexTupleData is 8 bytes)
@@ -167,7 +168,7 @@ def test_masks_on_real_pages(pg_factory: PgFactory) -> None:
     internal = bytearray(index[root])
     assert not bt_flags(internal)[1] & m.BTP_LEAF
     root_masked = m.mask_page(RmgrId.BTREE, internal)
-    U32.pack_into(internal, 28, U32.unpack_from(internal, 28)[0] | m.LP_DEAD << 15)
+    U32.pack_into(internal, 28, U32.unpack_from(internal, 28)[0] | bufpage.LP_DEAD << 15)
     assert m.first_difference(root_masked, m.mask_page(RmgrId.BTREE, internal)) == 30
 
     # Deleted btree pages: PG15 keeps their header and safexid, hides their stale content.

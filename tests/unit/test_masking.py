@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from pagestore.errors import CorruptionError, UnsupportedWalRecord
 from pagestore.pg.rmgr import RmgrId
-from pagestore.redo import brin
+from pagestore.redo import brin, bufpage
 from pagestore.redo import masking as m
 
 BLCKSZ = 8192
@@ -34,7 +34,7 @@ def page_init(special_size: int = 0, *, lsn: int = 0x1_2345_6789, checksum: int 
               flags: int = 0, prune_xid: int = 0) -> bytearray:
     """PageInit, then a header with non-zero LSN and checksum, as on a primary."""
     page = bytearray(BLCKSZ)
-    special = BLCKSZ - m.maxalign(special_size)
+    special = BLCKSZ - bufpage.maxalign(special_size)
     HDR.pack_into(page, 0, lsn >> 32, lsn & 0xFFFFFFFF, checksum, flags, 24, special, special,
                   8192 | 4, prune_xid)
     return page
@@ -53,13 +53,13 @@ def set_lp(page: bytearray, offnum: int, off: int, flags: int, length: int) -> N
     U32.pack_into(page, 24 + 4 * (offnum - 1), off | flags << 15 | length << 17)
 
 
-def add_item(page: bytearray, item: bytes, flags: int = m.LP_NORMAL,
+def add_item(page: bytearray, item: bytes, flags: int = bufpage.LP_NORMAL,
              stale: int = 0xAA) -> int:
     """PageAddItem at the end of the line pointer array; the MAXALIGN padding keeps
     ``stale`` bytes, as reused space does on a real page."""
     _a, _b, _c, _d, lower, upper, _s, _v, _p = header(page)
-    upper -= m.maxalign(len(item))
-    page[upper:upper + m.maxalign(len(item))] = bytes([stale]) * m.maxalign(len(item))
+    upper -= bufpage.maxalign(len(item))
+    page[upper:upper + bufpage.maxalign(len(item))] = bytes([stale]) * bufpage.maxalign(len(item))
     page[upper:upper + len(item)] = item
     offnum = (lower - 24) // 4 + 1
     set_lp(page, offnum, upper, flags, len(item))
@@ -156,10 +156,10 @@ def test_mask_unused_space_refuses_what_postgres_refuses(lower: int, upper: int,
 
 def test_mask_lp_flags_clears_flags_of_used_pointers_keeping_off_and_len() -> None:
     page = heap_page(heap_tuple(b"a"), heap_tuple(b"bb"), heap_tuple(b"ccc"))
-    set_lp(page, 2, 0, m.LP_UNUSED, 0)
-    set_lp(page, 3, lp(page, 3)[0], m.LP_DEAD, lp(page, 3)[2])
+    set_lp(page, 2, 0, bufpage.LP_UNUSED, 0)
+    set_lp(page, 3, lp(page, 3)[0], bufpage.LP_DEAD, lp(page, 3)[2])
     U16.pack_into(page, 12, header(page)[4] + 4)
-    set_lp(page, 4, 2, m.LP_REDIRECT, 0)
+    set_lp(page, 4, 2, bufpage.LP_REDIRECT, 0)
     before = [lp(page, i) for i in range(1, 5)]
     out = bytearray(page)
     m.mask_lp_flags(out)
@@ -245,7 +245,7 @@ def test_heap_mask_speculative_ctid_becomes_blkno_and_offnum() -> None:
 def test_heap_mask_padding_of_items_with_storage_of_any_flag() -> None:
     page = heap_page(heap_tuple(b"a"), heap_tuple(b"bb"))  # 25 and 26 bytes: padded to 32
     off2, _f, len2 = lp(page, 2)
-    set_lp(page, 2, off2, m.LP_DEAD, len2)  # dead with storage: padding still masked
+    set_lp(page, 2, off2, bufpage.LP_DEAD, len2)  # dead with storage: padding still masked
     out = masked(m.heap_mask, page)
     for offnum in (1, 2):
         off, _f, ln = lp(page, offnum)
@@ -258,13 +258,13 @@ def test_heap_mask_padding_of_items_with_storage_of_any_flag() -> None:
 def test_heap_mask_leaves_line_pointer_flags() -> None:
     page = heap_page(heap_tuple(b"a"), heap_tuple(b"b"))
     other = bytearray(page)
-    set_lp(other, 2, lp(page, 2)[0], m.LP_DEAD, lp(page, 2)[2])
+    set_lp(other, 2, lp(page, 2)[0], bufpage.LP_DEAD, lp(page, 2)[2])
     assert masked(m.heap_mask, page) != masked(m.heap_mask, other)
 
 
 def test_heap_mask_refuses_tuples_past_the_page() -> None:
     page = heap_page(heap_tuple(b"a"))
-    set_lp(page, 1, 8180, m.LP_NORMAL, 30)
+    set_lp(page, 1, 8180, bufpage.LP_NORMAL, 30)
     with pytest.raises(CorruptionError, match="runs past the page"):
         m.heap_mask(page, 0)
     assert len(page) == BLCKSZ
@@ -278,7 +278,7 @@ def test_btree_mask_leaf_hides_flags_garbage_split_end_cycleid() -> None:
     other = bytearray(page)
     BTOPAQUE.pack_into(other, special, 7, 9, 0,
                        m.BTP_LEAF | m.BTP_HAS_GARBAGE | m.BTP_SPLIT_END, 0x1234)
-    set_lp(other, 2, lp(page, 2)[0], m.LP_DEAD, lp(page, 2)[2])
+    set_lp(other, 2, lp(page, 2)[0], bufpage.LP_DEAD, lp(page, 2)[2])
     out = masked(m.btree_mask, other)
     assert out == masked(m.btree_mask, page)
     assert BTOPAQUE.unpack_from(out, special)[3:] == (m.BTP_LEAF, 0)
@@ -288,7 +288,7 @@ def test_btree_mask_leaf_hides_flags_garbage_split_end_cycleid() -> None:
 def test_btree_mask_internal_page_keeps_lp_flags_and_other_flags() -> None:
     page = btree_page(1 << 1)  # BTP_ROOT, not BTP_LEAF
     other = bytearray(page)
-    set_lp(other, 2, lp(page, 2)[0], m.LP_DEAD, lp(page, 2)[2])
+    set_lp(other, 2, lp(page, 2)[0], bufpage.LP_DEAD, lp(page, 2)[2])
     # item 2's ItemIdData is bytes 28..31; LP_NORMAL -> LP_DEAD sets bit 16, in byte 30
     assert m.first_difference(masked(m.btree_mask, page), masked(m.btree_mask, other)) == 30
     incomplete = bytearray(page)
@@ -373,7 +373,7 @@ def test_hash_mask() -> None:
     add_item(page, b"12345678")
     struct.pack_into("<IIIHH", page, special, 1, 2, 3, m.LH_BUCKET_PAGE | m.LH_PAGE_HAS_DEAD_TUPLES,
                      0xFF80)
-    set_lp(page, 1, lp(page, 1)[0], m.LP_DEAD, 8)
+    set_lp(page, 1, lp(page, 1)[0], bufpage.LP_DEAD, 8)
     out = masked(m.hash_mask, page)
     assert lp(out, 1)[1] == 0
     assert struct.unpack_from("<IIIHH", out, special) == (1, 2, 3, m.LH_BUCKET_PAGE, 0xFF80)
@@ -383,7 +383,7 @@ def test_hash_mask() -> None:
     assert out[24:] == bytes(BLCKSZ - 24) and header(out)[4:6] == (0, 0)
     bitmap = bytearray(page)
     U16.pack_into(bitmap, special + 12, m.LH_BITMAP_PAGE)
-    assert lp(masked(m.hash_mask, bitmap), 1)[1] == m.LP_DEAD
+    assert lp(masked(m.hash_mask, bitmap), 1)[1] == bufpage.LP_DEAD
 
 
 def test_gin_mask() -> None:
@@ -407,14 +407,14 @@ def test_gist_mask_sets_follow_right_and_zeroes_nsn() -> None:
     special = header(page)[6]
     add_item(page, b"abcdefgh")
     struct.pack_into("<IIIHH", page, special, 5, 6, 99, m.F_LEAF | m.F_HAS_GARBAGE, 0xFF81)
-    set_lp(page, 1, lp(page, 1)[0], m.LP_DEAD, 8)
+    set_lp(page, 1, lp(page, 1)[0], bufpage.LP_DEAD, 8)
     out = masked(m.gist_mask, page)
     assert struct.unpack_from("<IIIHH", out, special) == (0, 0, 99, m.F_LEAF | m.F_FOLLOW_RIGHT,
                                                           0xFF81)
     assert lp(out, 1)[1] == 0
     internal = bytearray(page)
     U16.pack_into(internal, special + 12, 0)
-    assert lp(masked(m.gist_mask, internal), 1)[1] == m.LP_DEAD
+    assert lp(masked(m.gist_mask, internal), 1)[1] == bufpage.LP_DEAD
 
 
 def test_spg_mask() -> None:
@@ -531,7 +531,7 @@ def test_heap_mask_idempotent_and_structure_preserving(tuples: list[tuple[bytes,
     assert header(once)[4:8] == header(page)[4:8]
     for i, (d, _im, _cid, _spec) in enumerate(tuples, start=1):
         off, flags, ln = lp(once, i)
-        assert (flags, ln) == (m.LP_NORMAL, len(d) + 24)
+        assert (flags, ln) == (bufpage.LP_NORMAL, len(d) + 24)
         assert once[off + 24:off + ln] == d  # data never masked
         assert once[off:off + 8] == page[off:off + 8]  # xmin, xmax never masked
 

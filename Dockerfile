@@ -1,5 +1,9 @@
 # One image for every pagestore service; docker-compose.yml picks the process per service.
 FROM python:3.11-slim-bookworm AS build
+# gcc builds the compiled WAL decoder core (pagestore/pg/_walcore.c) into the wheel.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY protos ./protos
@@ -15,7 +19,8 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends postgresql-client-15 \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
+    && python -c "import pagestore.pg._walcore"
 RUN useradd --system --home-dir /data --create-home pagestore
 USER pagestore
 WORKDIR /data

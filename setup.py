@@ -1,4 +1,8 @@
-"""Build hook: generate the gRPC/protobuf stubs from protos/ into pagestore/proto/.
+"""Build hooks: the gRPC/protobuf stubs from protos/, and the compiled WAL decoder core.
+
+The compiled core (pagestore/pg/_walcore.c, a CPython C extension) is optional: when no C
+compiler or Python headers are present the build says so and pagestore runs its
+pure-Python decoder, which stays the reference (docs/performance.md).
 
 The stubs are never committed and never hand-edited.  Any install (`pip install .`,
 `pip install -e .`, a wheel build in the Dockerfile) runs `build_py`, which runs protoc
@@ -14,7 +18,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
@@ -57,4 +62,21 @@ class BuildPyWithStubs(build_py):
         super().run()
 
 
-setup(cmdclass={"build_py": BuildPyWithStubs})
+class BuildExtOptional(build_ext):
+    """Build the compiled core, or explain in one line why pagestore will run without it."""
+
+    def build_extension(self, ext: Extension) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as e:  # CompileError, LinkError, a missing compiler
+            print(f"setup.py: WARNING: could not build {ext.name} ({e}); pagestore will use "
+                  "its pure-Python WAL decoder. Install gcc and the Python headers "
+                  "(apt-get install gcc python3-dev) and reinstall for the compiled core.",
+                  file=sys.stderr)
+
+
+WALCORE = Extension("pagestore.pg._walcore", ["pagestore/pg/_walcore.c"],
+                    extra_compile_args=["-O2", "-std=c11"])
+
+setup(cmdclass={"build_py": BuildPyWithStubs, "build_ext": BuildExtOptional},
+      ext_modules=[WALCORE])

@@ -57,6 +57,7 @@ from bench.redo import machine_facts  # noqa: E402
 from pagestore import values  # noqa: E402
 from pagestore.keys import KEY_MAX, KEY_MIN  # noqa: E402
 from pagestore.layers.delta import DeltaLayerWriter  # noqa: E402
+from pagestore.layers.format import FLAG_WILL_INIT  # noqa: E402
 from pagestore.layers.image import ImageLayerReader  # noqa: E402
 from pagestore.layers.inmemory import InMemoryLayer  # noqa: E402
 from pagestore.layers.layermap import LayerMap  # noqa: E402
@@ -278,7 +279,7 @@ def write_l0(layer: InMemoryLayer, end: Lsn, out_dir: Path) -> None:
     layer.freeze(Lsn(end + 1))
     with DeltaLayerWriter(out_dir, KEY_MIN, KEY_MAX, layer.start_lsn, Lsn(end + 1)) as w:
         for key, lsn, value in layer.sorted_items():
-            w.put(key, lsn, value, values.will_init(value))
+            w.put_raw(key, lsn, FLAG_WILL_INIT if values.will_init(value) else 0, value)
         w.finish()
 
 
@@ -311,7 +312,7 @@ def standalone(images: Path, wal_dir: Path, ranges: list[tuple[Lsn, Lsn]], out_d
         layer = InMemoryLayer(Lsn(start + 1))
         frozen = []
         wal_start = last = int(start)
-        put = layer.put
+        put = layer.put_raw
         t0 = perf()
         for rec in read_wal_records(segments, start, end):
             out.clear()
@@ -323,7 +324,7 @@ def standalone(images: Path, wal_dir: Path, ranges: list[tuple[Lsn, Lsn]], out_d
             if last - wal_start >= CHECKPOINT_DISTANCE:
                 frozen.append((layer, Lsn(last)))
                 layer = InMemoryLayer(Lsn(last + 1))
-                put = layer.put
+                put = layer.put_raw
                 wal_start = last
         ps.seconds = perf() - t0
         frozen.append((layer, Lsn(last)))
@@ -351,7 +352,7 @@ def standalone(images: Path, wal_dir: Path, ranges: list[tuple[Lsn, Lsn]], out_d
                 out.clear()
                 again.ingest(rec, out)
                 for key, lsn, value in out:
-                    layer.put(key, lsn, value)
+                    layer.put_raw(key, lsn, value)
 
         prof = cProfile.Profile()
         prof.runcall(run)

@@ -50,10 +50,23 @@ def _timeline_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeline", required=True, help="timeline id")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from pagestore.pg.xlogrecord import decoder_implementation
+
+    try:
+        v = version("pagestore")
+    except PackageNotFoundError:
+        v = "unknown"
+    return f"pagestore {v} (PostgreSQL 15; WAL decoder: {decoder_implementation()})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common(sub=True)
     parser = argparse.ArgumentParser(prog="pagestore", parents=[_common(sub=False)],
                                      description="A page server for PostgreSQL 15.")
+    parser.add_argument("--version", action="version", version=_version())
     cmds = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = cmds.add_parser("init", parents=[common], help="write <workdir>/pagestore.toml")

@@ -89,6 +89,10 @@ def run_service(name: str, setup: Callable[[ServiceContext], Awaitable[None]], *
         log.error("%s cannot start: %s", name, e.message)
         return 2
 
+    from pagestore.pg.xlogrecord import decoder_implementation
+
+    log.info("%s starting wal_decoder=%s", name, decoder_implementation())
+
     async def main() -> None:
         service = GrpcService(name, getattr(config, name).listen_addr)
         ctx = ServiceContext(name=name, config=config, workdir=workdir, grpc=service)

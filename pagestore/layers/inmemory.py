@@ -16,11 +16,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pagestore.keys import Key
 from pagestore.lsn import Lsn
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from pagestore.keys import Key
 
 
 @dataclass(slots=True)
@@ -76,12 +77,13 @@ class InMemoryLayer:
         n = bisect.bisect_left(lsns, int(lsn_end))
         return [(Lsn(lsns[i]), vals[i]) for i in range(n)]
 
-    def sorted_items(self) -> Iterator[tuple[Key, Lsn, bytes]]:
-        for kb in sorted(self.entries):
-            key = Key.from_bytes(kb)
-            lsns, vals = self.entries[kb]
+    def sorted_items(self) -> Iterator[tuple[bytes, int, bytes]]:
+        """(key bytes, lsn, value) in (key, lsn) order: what a flush writes."""
+        entries = self.entries
+        for kb in sorted(entries):
+            lsns, vals = entries[kb]
             for lsn, val in zip(lsns, vals, strict=True):
-                yield key, Lsn(lsn), val
+                yield kb, lsn, val
 
     def items_in_range(self, key_start: bytes, key_end: bytes,
                        lsn_from: Lsn) -> Iterator[tuple[bytes, int, bytes]]:

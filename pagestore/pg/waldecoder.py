@@ -25,6 +25,7 @@ a replication stream) and polls for records.  Rules:
 from __future__ import annotations
 
 import struct
+from collections import deque
 from typing import NamedTuple
 
 from pagestore.errors import CorruptWalError
@@ -37,6 +38,8 @@ from pagestore.pg.xlogrecord import (
     DecodedRecord,
     XLogRecordHeader,
     decode_record,
+    decode_record_py,
+    walcore,
 )
 
 XLOG_BLCKSZ = 8192
@@ -64,6 +67,8 @@ XLOG_SWITCH = 0x40
 MAX_RECORD_LENGTH = 0x3FFFFFFF
 
 U32 = struct.Struct("<I")
+#: How many whole on-page records the compiled core decodes per call.
+SCAN_BATCH = 64
 
 
 class EndOfWal(Exception):
@@ -105,7 +110,10 @@ def page_header_size(lsn: int, segment_size: int = WAL_SEGMENT_SIZE) -> int:
 
 class WalStreamDecoder:
     def __init__(self, start_lsn: Lsn, *, segment_size: int = WAL_SEGMENT_SIZE,
-                 system_id: int | None = None, prev_lsn: Lsn | None = None) -> None:
+                 system_id: int | None = None, prev_lsn: Lsn | None = None,
+                 compiled: bool = True) -> None:
+        """``compiled=False`` runs the pure-Python reference even where the compiled core
+        is built (the differential tests compare the two)."""
         if start_lsn % 8 != 0:
             raise ValueError(f"WAL decoding must start at a record or page boundary, not {start_lsn}")
         self.segment_size = segment_size
@@ -122,6 +130,11 @@ class WalStreamDecoder:
         self._skip_to: int | None = None  # after XLOG_SWITCH: the next segment start
         self._started = False             # a record has been decoded
         self._prev_lsn = prev_lsn
+        # Records the compiled core decoded ahead (``poll`` hands them out in order).
+        self._ready: deque[DecodedRecord] = deque()
+        use_core = compiled and walcore is not None
+        self._scan = walcore.scan if use_core and walcore is not None else None
+        self._decode = decode_record if use_core else decode_record_py
 
     # ------------------------------------------------------------------ input
     def feed(self, data: bytes | bytearray | memoryview) -> None:
@@ -132,7 +145,10 @@ class WalStreamDecoder:
 
     @property
     def lsn(self) -> Lsn:
-        """The LSN of the next byte the decoder will consume."""
+        """The LSN of the next byte the decoder will consume (the start of the next
+        record ``poll`` returns, when one is decoded already)."""
+        if self._ready:
+            return self._ready[0].lsn
         return Lsn(self._pos)
 
     @property
@@ -215,6 +231,9 @@ class WalStreamDecoder:
     # ------------------------------------------------------------------ records
     def poll(self) -> DecodedRecord | None:
         """The next complete record, or None if more bytes are needed."""
+        ready = self._ready
+        if ready:
+            return ready.popleft()
         while True:
             if self._skip_to is not None:
                 n = min(self._skip_to - self._pos, self._avail())
@@ -236,6 +255,20 @@ class WalStreamDecoder:
                 self._skip_cont -= n
                 continue
             if self._rec is None:
+                if self._scan is not None:
+                    # The compiled core takes the whole on-page records; it stops where
+                    # this code must decide (page header, multi-page record, any error).
+                    prev = -1 if self._prev_lsn is None else int(self._prev_lsn)
+                    before = self._pos
+                    recs, self._off, self._pos, prev = self._scan(
+                        self._buf, self._off, self._pos, prev, SCAN_BATCH)
+                    if recs:
+                        self._prev_lsn = Lsn(prev)
+                        self._started = True
+                        ready.extend(recs)
+                        return ready.popleft()
+                    if self._pos != before:
+                        continue  # it only skipped alignment padding: start over
                 aligned = maxalign(self._pos)
                 if aligned != self._pos:
                     n = min(aligned - self._pos, self._avail())
@@ -293,7 +326,7 @@ class WalStreamDecoder:
         is_switch = rmid == RmgrId.XLOG and info & XLR_RMGR_INFO_MASK == XLOG_SWITCH
         if is_switch:
             end = (self._pos + self.segment_size - 1) // self.segment_size * self.segment_size
-        rec = decode_record(raw, Lsn(start), Lsn(end))
+        rec = self._decode(raw, Lsn(start), Lsn(end))
         if self._prev_lsn is not None and rec.header.xl_prev != self._prev_lsn:
             raise CorruptWalError(f"record with incorrect prev-link {Lsn(rec.header.xl_prev)} at "
                                   f"{Lsn(start)} (previous record starts at {self._prev_lsn})")

@@ -13,10 +13,16 @@ Rules:
   rebuilds the 8192-byte page (pglz, lz4 or zstd; PG15's bimg_info bits).
 - An image without BKPIMAGE_APPLY is a wal_consistency_checking image: it is for
   verification only and must never be applied (``BlockReference.apply_image``).
+- ``decode_record_py`` is the reference.  ``decode_record`` is the compiled core
+  (pagestore/pg/_walcore.c, built by setup.py) when it is built and not switched off with
+  PAGESTORE_PURE_PYTHON=1; it hands every record it would not accept to the reference,
+  so errors are the reference's, word for word.  tests/unit/test_walcore.py holds the two
+  equal on real WAL and under fuzzing.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
@@ -25,10 +31,11 @@ import crc32c
 
 from pagestore.errors import CorruptWalError
 from pagestore.keys import BLCKSZ, RelTag
+from pagestore.lsn import Lsn
 from pagestore.pg.rmgr import rmgr_name
 
 if TYPE_CHECKING:
-    from pagestore.lsn import Lsn
+    from types import ModuleType
 
 Buffer = bytes | bytearray | memoryview
 
@@ -167,8 +174,10 @@ def record_crc(raw: Buffer) -> int:
     return int(crc32c.crc32c(mv[:XL_CRC_OFFSET], crc32c.crc32c(mv[SIZE_OF_XLOG_RECORD:])))
 
 
-def decode_record(raw: bytes, lsn: Lsn, end_lsn: Lsn, *, check_crc: bool = True) -> DecodedRecord:
-    """Decode one reassembled record; raise CorruptWalError on any inconsistency."""
+def decode_record_py(raw: bytes, lsn: Lsn, end_lsn: Lsn, *,
+                     check_crc: bool = True) -> DecodedRecord:
+    """Decode one reassembled record; raise CorruptWalError on any inconsistency.  The
+    reference implementation (see ``decode_record``)."""
     if len(raw) < SIZE_OF_XLOG_RECORD:
         raise CorruptWalError(f"WAL record at {lsn} is {len(raw)} bytes, shorter than its header")
     hdr = XLogRecordHeader._make(XLOG_RECORD.unpack_from(raw, 0))
@@ -298,6 +307,41 @@ def decode_record(raw: bytes, lsn: Lsn, end_lsn: Lsn, *, check_crc: bool = True)
     main_data = raw[pos:pos + main_len]
     return DecodedRecord(lsn=lsn, end_lsn=end_lsn, header=hdr, blocks=tuple(blocks),
                          main_data=main_data, origin=origin, toplevel_xid=toplevel, raw=raw)
+
+
+# --------------------------------------------------------------------------- compiled core
+
+PURE_PYTHON_ENV = "PAGESTORE_PURE_PYTHON"
+
+
+def _load_walcore() -> ModuleType | None:
+    if os.environ.get(PURE_PYTHON_ENV, "") not in ("", "0"):
+        return None
+    try:
+        from pagestore.pg import _walcore
+    except ImportError:
+        return None
+    _walcore.configure(DecodedRecord, BlockReference, RelTag, XLogRecordHeader, Lsn)
+    return _walcore
+
+
+#: The compiled core, or None: not built (no compiler at install time) or switched off by
+#: PAGESTORE_PURE_PYTHON=1.  ``pagestore --version`` and the services' start log say which.
+walcore = _load_walcore()
+
+
+def decode_record(raw: bytes, lsn: Lsn, end_lsn: Lsn, *, check_crc: bool = True) -> DecodedRecord:
+    """Decode one reassembled record; raise CorruptWalError on any inconsistency."""
+    if walcore is not None and type(raw) is bytes:
+        rec: DecodedRecord | None = walcore.decode_record(raw, lsn, end_lsn, check_crc)
+        if rec is not None:
+            return rec
+    return decode_record_py(raw, lsn, end_lsn, check_crc=check_crc)
+
+
+def decoder_implementation() -> str:
+    """'compiled' or 'pure-python': which WAL decoder this process runs."""
+    return "compiled" if walcore is not None else "pure-python"
 
 
 # --------------------------------------------------------------------------- images

@@ -68,8 +68,8 @@ if TYPE_CHECKING:
     import sqlalchemy as sa
 
     from pagestore.ids import TenantId, TimelineId
-    from pagestore.keys import Key
     from pagestore.remote.ondemand import LayerFiles
+    from services.ingest.walingest import Values
 
 log = logging.getLogger(__name__)
 
@@ -364,10 +364,10 @@ class IngestManager:
             if sub.queue.empty():
                 sub.queue.put_nowait(batch)
 
-    def _publish(self, entry: TimelineEntry, batch: list[tuple[Key, Lsn, bytes]]) -> None:
+    def _publish(self, entry: TimelineEntry, batch: Values) -> None:
         if not entry.subscribers:
             return
-        encoded = [(k.to_bytes(), int(lsn), v) for k, lsn, v in batch]
+        encoded = batch  # key bytes already: published as they are
         for sub in list(entry.subscribers):
             picked = [kv for kv in encoded if sub.key_start <= kv[0] < sub.key_end]
             if not picked:

@@ -14,7 +14,7 @@ from pagestore.pg.walfiles import find_segments, read_wal_records
 from pagestore.redo.context import RedoContext
 from pagestore.timeline import TimelineView
 from services.ingest.importer import import_datadir
-from services.ingest.walingest import TimelineState, WalIngest
+from services.ingest.walingest import TimelineState, Values, WalIngest
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -55,12 +55,12 @@ def import_and_ingest(backup: Path, start: Lsn, wal_dir: Path, work: Path, *,
     tl = OfflineTimeline(layers, InMemoryLayer(Lsn(start + 1)), imported.state, start,
                          RedoContext.from_control_file(imported.control.raw), 0)
     ingest = WalIngest(imported.state, read_page=tl.view.value)
-    out: list[tuple[Key, Lsn, bytes]] = []
+    out: Values = []
     for rec in read_wal_records(find_segments([wal_dir]), start, end):
         out.clear()
         ingest.ingest(rec, out)
         for key, lsn, value in out:
-            tl.recent.put(key, lsn, value)
+            tl.recent.put_raw(key, lsn, value)
         tl.lsn = rec.end_lsn
         tl.records += 1
         if on_record is not None:

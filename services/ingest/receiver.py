@@ -51,8 +51,8 @@ from pagestore.supervise import SupervisedLoop, describe
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from pagestore.keys import Key
     from services.ingest.timeline import TimelineIngest
+    from services.ingest.walingest import Values
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ CONNECTION_ERRORS = (ReplicationError, ProtocolError, OSError, ConnectionError)
 class WalReceiver:
     def __init__(self, tli: TimelineIngest, wal_source: str, *,
                  reload: Callable[[], TimelineIngest],
-                 on_values: Callable[[list[tuple[Key, Lsn, bytes]]], None],
+                 on_values: Callable[[Values], None],
                  on_progress: Callable[[], None],
                  mark_broken: Callable[[str], None]) -> None:
         self.tli = tli
@@ -221,7 +221,7 @@ class WalReceiver:
                                 f"{decoder.buffered_end}")
         decoder.feed(msg.data)
         self.received_lsn = decoder.buffered_end
-        batch: list[tuple[Key, Lsn, bytes]] = []
+        batch: Values = []
         try:
             while (rec := decoder.poll()) is not None:
                 batch.extend(tl.ingest(rec))

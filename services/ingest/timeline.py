@@ -34,7 +34,6 @@ from pagestore.errors import PagestoreError
 from pagestore.keys import (
     KEY_MAX,
     KEY_MIN,
-    Key,
     RelTag,
     SlruKind,
     checkpoint_key,
@@ -47,14 +46,14 @@ from pagestore.keys import (
 )
 from pagestore.layers.delta import DeltaLayerWriter
 from pagestore.layers.desc import LEVEL_L0, LayerDesc
-from pagestore.layers.format import sweep_unregistered
+from pagestore.layers.format import FLAG_WILL_INIT, sweep_unregistered
 from pagestore.layers.inmemory import InMemoryLayer
 from pagestore.layers.layermap import LayerMap
 from pagestore.layers.names import LayerKind
 from pagestore.lsn import Lsn
 from pagestore.pg.controlfile import CheckPoint
 from pagestore.timeline import TimelineView
-from services.ingest.walingest import TimelineState, WalIngest
+from services.ingest.walingest import TimelineState, Values, WalIngest
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -186,11 +185,11 @@ class TimelineIngest:
         return changed
 
     # ------------------------------------------------------------------ ingest
-    def ingest(self, rec: DecodedRecord) -> list[tuple[Key, Lsn, bytes]]:
-        """Ingest one record; returns the values it produced."""
-        out: list[tuple[Key, Lsn, bytes]] = []
+    def ingest(self, rec: DecodedRecord) -> Values:
+        """Ingest one record; returns the values it produced (key bytes, lsn, value)."""
+        out: Values = []
         self.walingest.ingest(rec, out)
-        put = self.open.put
+        put = self.open.put_raw
         for key, lsn, value in out:
             put(key, lsn, value)
         self.prev_record_lsn = rec.lsn
@@ -236,8 +235,10 @@ class TimelineIngest:
         if layer.count and not done:
             with DeltaLayerWriter(self.dir, KEY_MIN, KEY_MAX, layer.start_lsn,
                                   layer.end_lsn, writer=WRITER) as w:
+                put = w.put_raw
+                will_init = values.will_init
                 for key, lsn, value in layer.sorted_items():
-                    w.put(key, lsn, value, values.will_init(value))
+                    put(key, lsn, FLAG_WILL_INIT if will_init(value) else 0, value)
                 # A file of this name that no row names is what an earlier attempt left
                 # (a crash or a failed commit): replace it.
                 record = w.finish(replace=True).desc(LEVEL_L0)

@@ -7,6 +7,8 @@ conventions.
 
 Rules:
 - Every value produced for a record is stamped with the record's end LSN (EndRecPtr).
+- Values come out as (18-byte key, lsn, value): key bytes are the currency from here to
+  the in-memory layer, the layer writer and the subscribers (no Key object per value).
 - One value per block reference: the restored page image when the record carries an
   image to apply (BKPIMAGE_APPLY; its pd_lsn is set to the end LSN, as redo does),
   otherwise the record itself (values.pg_record, will_init from BKPBLOCK_WILL_INIT).
@@ -31,6 +33,7 @@ from pagestore import metadata, values
 from pagestore.errors import UnsupportedWalRecord
 from pagestore.keys import (
     BLCKSZ,
+    KEY_STRUCT,
     SLRU_PAGES_PER_SEGMENT,
     ForkNumber,
     Key,
@@ -151,20 +154,36 @@ class TimelineState:
     control: bytes | None = None
 
 
+_RM_XLOG, _RM_HEAP, _RM_HEAP2 = int(RmgrId.XLOG), int(RmgrId.HEAP), int(RmgrId.HEAP2)
+
+#: What ingest produces: (18-byte key, LSN, value).
+Values = list[tuple[bytes, int, bytes]]
+_pack_key = KEY_STRUCT.pack
+
+
+def _block_key(rel: RelTag, blkno: int) -> bytes:
+    """rel_block_key(rel, blkno).to_bytes(), without the Key object."""
+    return _pack_key(0, rel.spcnode, rel.dbnode, rel.relnode, rel.forknum, blkno)
+
+
 @dataclass(slots=True)
 class _Batch:
     """The values one record produces."""
 
     lsn: Lsn
-    out: list[tuple[Key, Lsn, bytes]]
+    out: Values
     meta: dict[Key, bytes] = field(default_factory=dict)
-    blocks: set[Key] = field(default_factory=set)
+    blocks: set[bytes] = field(default_factory=set)
 
     def put(self, key: Key, value: bytes) -> None:
-        if key in self.blocks:
-            raise UnsupportedWalRecord(f"the WAL record ending at {self.lsn} changes key {key} twice")
-        self.blocks.add(key)
-        self.out.append((key, self.lsn, value))
+        self.put_raw(key.to_bytes(), value)
+
+    def put_raw(self, kb: bytes, value: bytes) -> None:
+        if kb in self.blocks:
+            raise UnsupportedWalRecord(f"the WAL record ending at {self.lsn} changes key "
+                                       f"{kb.hex().upper()} twice")
+        self.blocks.add(kb)
+        self.out.append((kb, self.lsn, value))
 
     def put_meta(self, key: Key, data: bytes) -> None:
         self.meta[key] = data
@@ -184,17 +203,22 @@ class WalIngest:
         self._pre_initialized_offsets_page: int | None = None
 
     # ------------------------------------------------------------------ entry
-    def ingest(self, rec: DecodedRecord, out: list[tuple[Key, Lsn, bytes]]) -> None:
+    def ingest(self, rec: DecodedRecord, out: Values) -> None:
         batch = _Batch(rec.end_lsn, out)
-        rmid = rec.rmid
+        rmid = rec.header.xl_rmid
+        relsizes = self.state.relsizes
         extents: dict[RelTag, int] = {}
         for blk in rec.blocks:
             if self._put_block(batch, rec, blk):
-                extents[blk.rel] = max(extents.get(blk.rel, 0), blk.blkno + 1)
+                rel = blk.rel
+                nblocks = blk.blkno + 1
+                size = relsizes.get(rel)
+                if size is None or nblocks > size:  # else _extend_rel has nothing to do
+                    extents[rel] = max(extents.get(rel, 0), nblocks)
         # Sizes after every block is in place, so a gap filler never shadows a block ref.
         for rel, nblocks in extents.items():
             self._extend_rel(batch, rel, nblocks)
-        if rmid == RmgrId.HEAP or rmid == RmgrId.HEAP2:
+        if rmid == _RM_HEAP or rmid == _RM_HEAP2:
             self._heap_vm_clears(batch, rec)
         handler = _HANDLERS.get(rmid)
         if handler is None:
@@ -208,26 +232,26 @@ class WalIngest:
         if st.checkpoint is not None and rec.xid and st.checkpoint.advance_next_xid(rec.xid):
             batch.put_meta(checkpoint_key(), st.checkpoint.pack())
         for key, data in batch.meta.items():
-            out.append((key, batch.lsn, values.image(data)))
+            out.append((key.to_bytes(), batch.lsn, values.image(data)))
 
     # ------------------------------------------------------------------ blocks
     def _put_block(self, batch: _Batch, rec: DecodedRecord, blk: BlockReference) -> bool:
         """Store the value for one block reference; False if redo ignores the block."""
-        if rec.rmid == RmgrId.XLOG and not blk.apply_image:
+        if rec.header.xl_rmid == _RM_XLOG and not blk.apply_image:
             info = rec.rmgr_info
             if info == XLOG_FPI_FOR_HINT:
                 return False  # redo skips blocks without an image
             raise UnsupportedWalRecord(
                 f"WAL record at {rec.lsn} (XLOG info {rec.info:#04x}) has block "
                 f"{blk.block_id} without an image to apply")
-        key = rel_block_key(blk.rel, blk.blkno)
+        key = _block_key(blk.rel, blk.blkno)
         if blk.apply_image:
             page = bytearray(restore_block_image(blk, rec.lsn))
             if PD_UPPER.unpack_from(page, 14)[0] != 0:  # !PageIsNew: redo stamps the LSN
                 PD_LSN.pack_into(page, 0, batch.lsn >> 32, batch.lsn & 0xFFFF_FFFF)
-            batch.put(key, values.image(bytes(page)))
+            batch.put_raw(key, values.image(bytes(page)))
         else:
-            batch.put(key, values.pg_record(rec.raw, blk.block_id, blk.will_init))
+            batch.put_raw(key, values.pg_record(rec.raw, blk.block_id, blk.will_init))
         return True
 
     def _ensure_rel(self, batch: _Batch, rel: RelTag) -> bool:
@@ -254,9 +278,9 @@ class WalIngest:
             return
         # Redo extends the file with zero pages up to the block it reads (XLogReadBufferExtended).
         for gap in range(old, nblocks - 1):
-            gkey = rel_block_key(rel, gap)
+            gkey = _block_key(rel, gap)
             if gkey not in batch.blocks:
-                batch.put(gkey, values.image(ZERO_PAGE))
+                batch.put_raw(gkey, values.image(ZERO_PAGE))
         st.relsizes[rel] = nblocks
         batch.put_meta(rel_size_key(rel), metadata.encode_nblocks(nblocks))
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pagestore.errors import CorruptionError, UnsupportedWalRecord
-from pagestore.keys import BLCKSZ, Key, RelTag
+from pagestore.keys import BLCKSZ, RelTag
 from pagestore.lsn import Lsn
 from pagestore.pg.controlfile import CHECKPOINT, CheckPoint
 from pagestore.pg.recordtypes import (
@@ -154,7 +154,7 @@ def test_ingest_agrees(key: tuple[int, int]) -> None:
     rmid, info = key
     h = RECORD_HANDLING[key]
     ingest = walingest.WalIngest(_ingest_state())
-    out: list[tuple[Key, Lsn, bytes]] = []
+    out: walingest.Values = []
     try:
         ingest.ingest(_record(rmid, info), out)
     except UnsupportedWalRecord as e:

@@ -1,0 +1,13 @@
+"""Types of the compiled WAL decoder core (pagestore/pg/_walcore.c)."""
+
+from pagestore.lsn import Lsn
+from pagestore.pg.xlogrecord import DecodedRecord
+
+HAVE_SSE42: int
+
+def configure(decoded_record: type, block_reference: type, rel_tag: type,
+              record_header: type, lsn: type) -> None: ...
+def decode_record(raw: bytes, lsn: Lsn, end_lsn: Lsn, check_crc: bool) -> DecodedRecord | None: ...
+def scan(buf: bytearray | bytes, off: int, pos: int, prev_lsn: int,
+         max_records: int) -> tuple[list[DecodedRecord], int, int, int]: ...
+def crc32c(data: bytes | bytearray | memoryview, crc: int = 0) -> int: ...

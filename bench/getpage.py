@@ -21,11 +21,11 @@ process with its own connection and its own share of the blocks, a --warmup peri
 measured, then a fixed --seconds window: QD1 over 1 connection and over --processes
 connections; batched (32 requests pipelined per connection, the 32 blocks of a batch
 from ONE relation, so the gateway coalesces them into one GetPages request) over 1 and
---processes connections.  Cold page cache (pageread's is keyed by page and LSN): a
-client's first pass over its blocks reads at the latest LSN, a new one for each run (a
-committed row of a side table); pass p reads at the p-th such LSN before it, where the
-pages are the same versions under another cache key; a (block, LSN) asked twice is
-counted and printed.  For each run: p50/p99 latency (per request at QD1, per batch
+--processes connections.  Cold page cache: pageread's page cache is switched off
+(pageread.page_cache_pages=0; it is keyed by a page's newest version, so a page read
+again at another LSN would be a hit); a client's first pass over its blocks reads at the
+latest LSN, a new one for each run (a committed row of a side table); pass p reads at the
+p-th such LSN before it; a (block, LSN) asked twice is counted and printed.  For each run: p50/p99 latency (per request at QD1, per batch
 when batched), pages/s, the gateway's coalescing ratio (GetPage blocks per upstream
 GetPageRequest, from the gateway log's end-of-pagestream lines; warm-up included) and
 the profile: cores each service, the primary, the clients and anything else kept busy
@@ -406,7 +406,9 @@ class Bench:
         cli(self.workdir, "init", "-c", "catalog.port=0", *[
             x for s in ("ingest", "pageread", "redo", "housekeeping", "gateway")
             for x in ("-c", f"{s}.listen_addr='127.0.0.1:0'")],
-            "-c", "gateway.listen_pg_addr='127.0.0.1:0'")
+            "-c", "gateway.listen_pg_addr='127.0.0.1:0'",
+            # A cold page cache for every read: no cache at all (see the docstring).
+            "-c", "pageread.page_cache_pages=0")
         cli(self.workdir, "start")
         self.tenant = cli(self.workdir, "tenant", "create").strip()
         self.timeline = cli(self.workdir, "timeline", "create", "--tenant", self.tenant,
@@ -733,9 +735,9 @@ def main() -> int:
                   f"WAL since the attach (pg_waldump, {time.perf_counter() - t1:.0f} s): {mix}")
         print(f"runs: {args.warmup:g} s warm-up + {args.seconds:g} s measured; clients are "
               "separate processes, one connection each, each over its own share of the "
-              "blocks; cold page cache: a run's first pass over its blocks reads at the "
-              "latest LSN, pass p at the p-th LSN before it (one committed bench_tick row "
-              "apart: the same page versions, a new cache key)")
+              "blocks; cold page cache: pageread's is off (page_cache_pages=0); a run's "
+              "first pass over its blocks reads at the latest LSN, pass p at the p-th LSN "
+              "before it (one committed bench_tick row apart)")
         checks, direct = b.grpc_peers(single_units[len(single_units) // 2:], args.seconds)
         print(f"peers (same run): primary pgbench -S -c 1: {sel1[0]:,.0f} tps "
               f"({sel1[1]:.3f} ms/txn); pgbench -S -c {args.processes}: {seln[0]:,.0f} tps; "

@@ -3,8 +3,9 @@ pagestore.pageread.v1.PageReadExtras calls for one tenant, timeline and shard.
 
 Mirrors the client half of shared/reference/neon-protocols.md section 2: every call
 carries the metadata ``neon-tenant-id``, ``neon-timeline-id`` and ``neon-shard-id``
-("0000" unsharded); GetPages is one long-lived bidirectional stream per libpq connection
-(``GetPagesStream``), whose responses are matched to requests by request id.
+("0000" unsharded); GetPages is one long-lived bidirectional stream per timeline
+(``GetPagesStream``), shared by every libpq connection reading that timeline
+(``SharedGetPagesStreams``), whose responses are matched to requests by request id.
 
 Rules kept:
 - A failed call raises the PagestoreError the service raised, rebuilt by
@@ -100,6 +101,7 @@ class PageReadClient:
                  shard: str = "0000", request_tag: str = "") -> None:
         self.tenant = tenant
         self.timeline = timeline
+        self.shard = shard
         md = [(TENANT_METADATA_KEY, str(tenant)), (TIMELINE_METADATA_KEY, str(timeline)),
               (SHARD_METADATA_KEY, shard)]
         if request_tag:
@@ -289,3 +291,40 @@ class GetPagesStream:
         if self._stream is not None:
             await self._stream.close()
             self._stream = None
+
+
+class SharedGetPagesStreams:
+    """The gateway's GetPages streams: one per (tenant, timeline, shard), shared by every
+    pagestream connection reading it, so the page-read service sees few streams however
+    many computes' backends connect, and serves their requests side by side (its redo
+    batches span them).  A stream lives while a connection holds it."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+        self._streams: dict[tuple[str, str, str], tuple[GetPagesStream, int]] = {}
+
+    def acquire(self, tenant: TenantId, timeline: TimelineId,
+                shard: str = "0000") -> GetPagesStream:
+        key = (str(tenant), str(timeline), shard)
+        entry = self._streams.get(key)
+        if entry is None:
+            client = PageReadClient(self.channel, tenant, timeline, shard,
+                                    request_tag="gw-shared")
+            entry = (GetPagesStream(client), 0)
+        self._streams[key] = (entry[0], entry[1] + 1)
+        return entry[0]
+
+    async def release(self, stream: GetPagesStream) -> None:
+        c = stream.client
+        key = (str(c.tenant), str(c.timeline), c.shard)
+        entry = self._streams.get(key)
+        if entry is None or entry[0] is not stream:
+            return
+        if entry[1] > 1:
+            self._streams[key] = (stream, entry[1] - 1)
+            return
+        del self._streams[key]
+        await stream.close()
+
+    def __len__(self) -> int:
+        return len(self._streams)

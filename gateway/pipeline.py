@@ -46,7 +46,7 @@ import enum
 import logging
 from typing import TYPE_CHECKING, Any
 
-from gateway.pageread import GetPagesStream, PageReadClient, read_lsn
+from gateway.pageread import GetPagesStream, PageReadClient, SharedGetPagesStreams, read_lsn
 from pagestore.errors import (
     BadRequest,
     LsnTimeout,
@@ -110,13 +110,19 @@ def _retry_singly(err: PagestoreError) -> bool:
 
 class Pagestream:
     def __init__(self, conn: Connection, client: PageReadClient,
-                 version: ps.PagestreamVersion, *, max_batch: int = MAX_BATCH) -> None:
+                 version: ps.PagestreamVersion, *, max_batch: int = MAX_BATCH,
+                 streams: SharedGetPagesStreams | None = None) -> None:
         self.conn = conn
         self.client = client
         self.version = version
         # Never more blocks per GetPageRequest than the page-read service takes.
         self.max_batch = max(1, min(MAX_BATCH, max_batch))
-        self.stream = GetPagesStream(client)
+        # The timeline's shared GetPages stream (or, without a registry, one of its own).
+        self._streams = streams
+        self.stream = (streams.acquire(client.tenant, client.timeline, client.shard)
+                       if streams is not None else GetPagesStream(client))
+        self.calls = 0   # GetPageRequests this connection sent
+        self.blocks = 0  # blocks asked for in them
         self._slots: asyncio.Queue[asyncio.Future[bytes]] = asyncio.Queue(MAX_IN_FLIGHT)
         self._group: list[tuple[ps.GetPageRequest, asyncio.Future[bytes]]] = []
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -142,11 +148,14 @@ class Pagestream:
             await asyncio.gather(*tasks, return_exceptions=True)
             for _, fut in self._group:
                 fut.cancel()
-            await self.stream.close()
+            if self._streams is not None:
+                await self._streams.release(self.stream)
+            else:
+                await self.stream.close()
             self._drop_unsent()
             log.info("pagestream v%d ended after %d requests (%d GetPage blocks in %d "
-                     "GetPageRequests)", self.version.value, self.served, self.stream.blocks,
-                     self.stream.calls)
+                     "GetPageRequests)", self.version.value, self.served, self.blocks,
+                     self.calls)
 
     def _drop_unsent(self) -> None:
         """Answers that will never be written: cancelled, or their errors retrieved (so
@@ -227,6 +236,8 @@ class Pagestream:
     async def _send_group(self, members: list[tuple[ps.GetPageRequest,
                                                     asyncio.Future[bytes]]]) -> None:
         head = members[0][0]
+        self.calls += 1
+        self.blocks += len(members)
         pages = await self.stream.get_pages(
             read_lsn(head.hdr.request_lsn, head.hdr.not_modified_since), head.rel,
             [req.blkno for req, _ in members])

@@ -17,6 +17,7 @@ import logging
 import socket
 import sys
 
+from gateway.pageread import SharedGetPagesStreams
 from gateway.session import refuse_connection, serve_connection
 from pagestore.grpcutil import channel as grpc_channel
 from pagestore.service import ServiceContext, run_service
@@ -32,6 +33,7 @@ def split_addr(addr: str) -> tuple[str, int]:
 async def setup(ctx: ServiceContext) -> None:
     pageread_addr = ctx.config.service_addr("pageread")
     channel = grpc_channel(pageread_addr)
+    streams = SharedGetPagesStreams(channel)
     connections: set[asyncio.Task[None]] = set()
     limit = ctx.config.gateway.max_connections
     max_batch = ctx.config.pageread.max_blocks_per_request
@@ -55,7 +57,8 @@ async def setup(ctx: ServiceContext) -> None:
         assert task is not None
         connections.add(task)
         try:
-            await serve_connection(reader, writer, channel, max_batch=max_batch)
+            await serve_connection(reader, writer, channel, max_batch=max_batch,
+                                   streams=streams)
         except asyncio.CancelledError:
             # Shutdown cancels open connections; this is the top of the connection's task
             # (asyncio would log a cancelled client task as an error).

@@ -51,7 +51,7 @@ from gateway.commands import (
     parse_command,
 )
 from gateway.connection import Connection, IdleTimeout
-from gateway.pageread import PageReadClient
+from gateway.pageread import PageReadClient, SharedGetPagesStreams
 from gateway.pipeline import MAX_BATCH, Outcome, Pagestream
 from pagestore.errors import PagestoreError, ProtocolError
 from pagestore.logs import request_var, tenant_var, timeline_var
@@ -96,9 +96,11 @@ class Session:
     """The state of one connection: its bound tenant and the extended-query state."""
 
     def __init__(self, conn: Connection, channel: grpc.aio.Channel, conn_id: int, *,
-                 max_batch: int = MAX_BATCH) -> None:
+                 max_batch: int = MAX_BATCH,
+                 streams: SharedGetPagesStreams | None = None) -> None:
         self.conn = conn
         self.channel = channel
+        self.streams = streams
         self.conn_id = conn_id
         self.max_batch = max_batch
         self.tenant: TenantId | None = None
@@ -207,7 +209,8 @@ class Session:
                 log.info("pagestream v%d for timeline %s", command.version.value,
                          command.timeline)
                 outcome = await Pagestream(self.conn, self._client(command), command.version,
-                                           max_batch=self.max_batch).run()
+                                           max_batch=self.max_batch,
+                                           streams=self.streams).run()
                 return outcome is Outcome.IDLE
             case BasebackupCommand():
                 client = self._client(command)
@@ -268,12 +271,13 @@ async def refuse_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
 
 
 async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                           channel: grpc.aio.Channel, *, max_batch: int = MAX_BATCH) -> None:
+                           channel: grpc.aio.Channel, *, max_batch: int = MAX_BATCH,
+                           streams: SharedGetPagesStreams | None = None) -> None:
     """Serve one client until it leaves; every failure is logged here, once."""
     conn = Connection(reader, writer)
     conn_id = next(_connection_ids)
     request_var.set(f"gw-{conn_id}")
-    session = Session(conn, channel, conn_id, max_batch=max_batch)
+    session = Session(conn, channel, conn_id, max_batch=max_batch, streams=streams)
     try:
         await session.run()
     except ProtocolError as e:

@@ -100,7 +100,8 @@ class PageReadConfig:
     wait_lsn_timeout: Duration = field(default=Duration(300), metadata=_doc(
         "How long a read at an LSN not yet ingested waits before it fails."))
     page_cache_pages: int = field(default=16384, metadata=_doc(
-        "Materialized pages kept in memory (8 KiB each)."))
+        "Redone pages kept in memory (8 KiB each), keyed by the page's newest version; 0\n"
+        "turns the cache off."))
     max_tail_bytes: int = field(default=256 * 1024 * 1024, metadata=_doc(
         "Recent WAL (not yet in a layer file) held in memory per timeline; beyond it the "
         "service stops following ingest and reads wait for the next layer file."))

@@ -152,12 +152,24 @@ class TimelineView:
             raise BadRequest(f"invalid relation {rel}: relnode 0")
         if allow_missing and not self.rel_exists(rel, lsn):
             return None
-        raw = self.image(rel_size_key(rel), lsn)
+        return self.rel_size_version(rel, lsn, missing_is_zero=allow_missing)[0]
+
+    def rel_size_version(self, rel: RelTag, lsn: Lsn, *,
+                         missing_is_zero: bool = False) -> tuple[int, Lsn | None]:
+        """``rel_size`` without ``allow_missing`` (a missing FSM or VM fork is 0 blocks,
+        a missing main or init fork NotFound, or 0 with ``missing_is_zero``), and the LSN
+        of the size version it read (None when the key has none): the answer holds for
+        every LSN from there until the next version (pageread's RelSizeCache)."""
+        if rel.relnode == 0:
+            raise BadRequest(f"invalid relation {rel}: relnode 0")
+        chain = self.chain(rel_size_key(rel), lsn)
+        version = chain.records[-1][0] if chain.records else chain.image_lsn
+        raw = latest_value(chain)
         if raw is None:
-            if allow_missing or rel.forknum in (ForkNumber.FSM, ForkNumber.VISIBILITYMAP):
-                return 0
+            if missing_is_zero or rel.forknum in (ForkNumber.FSM, ForkNumber.VISIBILITYMAP):
+                return 0, version
             raise NotFound(f"Not found: relation {rel} does not exist at {lsn}")
-        return metadata.decode_nblocks(raw)
+        return metadata.decode_nblocks(raw), version
 
     def list_relations(self, spcnode: int, dbnode: int, lsn: Lsn) -> list[tuple[RelTag, int]]:
         """Every relation fork of a database with its size in blocks."""

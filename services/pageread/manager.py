@@ -14,8 +14,10 @@ Rules:
   (bounded) for LSNs they need.  When the tail outgrows ``pageread.max_tail_bytes`` the
   follower leaves the subscription and waits for layer files to cover the tail: reads
   then wait for the next layer file instead of memory growing without bound.
-- Redo goes to the redo service, one RedoBatch per request, with the cluster settings
-  (data checksums, wal_log_hints) from the timeline's control file.
+- Redo goes to the redo service with the cluster settings (data checksums, wal_log_hints)
+  from the timeline's control file.  The pages that requests need redone within one turn
+  of the event loop (the concurrent requests of every stream and timeline) go out as one
+  RedoBatch (RedoBatcher), up to REDO_BATCH_MAX pages.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from pagestore.timeline import timeline_dir
 from services.pageread.timeline import TimelineReader
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
     from pathlib import Path
 
     import sqlalchemy as sa
@@ -71,6 +74,84 @@ FOLLOWER_BACKOFF_MAX = 5.0
 #: While the tail is full, reload the layer map at least this often.
 TAIL_FULL_RECHECK = 10.0
 
+#: Pages redone in one RedoBatch at most (a request asks for up to 32 or
+#: pageread.max_blocks_per_request blocks; many requests' pages share a batch).
+REDO_BATCH_MAX = 256
+
+
+class RedoBatcher:
+    """Redo requests submitted within one turn of the event loop go out together.
+
+    ``submit`` queues a request list and waits; the first submit of a turn schedules a
+    flush for the end of that turn (``call_soon``), which sends everything queued as
+    RedoBatch calls of up to REDO_BATCH_MAX pages and hands each caller its own results
+    in order.  A failed call fails the callers in it, and only them.  ``batches`` and
+    ``pages`` count what went out (their ratio is the mean batch size)."""
+
+    def __init__(self, send: Callable[[list[redo_pb2.RedoRequest]],
+                                      Awaitable[list[bytes | Exception]]]) -> None:
+        self._send = send
+        self._queued: list[tuple[list[redo_pb2.RedoRequest],
+                                 asyncio.Future[list[bytes | Exception]]]] = []
+        self._flush_scheduled = False
+        self._running: set[asyncio.Future[None]] = set()
+        self.batches = 0
+        self.pages = 0
+
+    async def submit(self, reqs: list[redo_pb2.RedoRequest]) -> list[bytes | Exception]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[bytes | Exception]] = loop.create_future()
+        self._queued.append((reqs, fut))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return await fut
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        queued, self._queued = self._queued, []
+        group: list[tuple[list[redo_pb2.RedoRequest],
+                          asyncio.Future[list[bytes | Exception]]]] = []
+        size = 0
+        for item in queued:
+            if group and size + len(item[0]) > REDO_BATCH_MAX:
+                self._start(group)
+                group, size = [], 0
+            group.append(item)
+            size += len(item[0])
+        if group:
+            self._start(group)
+
+    def _start(self, group: list[tuple[list[redo_pb2.RedoRequest],
+                                       asyncio.Future[list[bytes | Exception]]]]) -> None:
+        task = asyncio.ensure_future(self._run(group))
+        self._running.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._running.discard)
+
+    async def _run(self, group: list[tuple[list[redo_pb2.RedoRequest],
+                                           asyncio.Future[list[bytes | Exception]]]]) -> None:
+        reqs = [r for item in group for r in item[0]]
+        self.batches += 1
+        self.pages += len(reqs)
+        try:
+            results = await self._send(reqs)
+            if len(results) != len(reqs):
+                raise Unavailable(f"Read error: the redo service answered {len(results)} of "
+                                  f"{len(reqs)} pages")
+        except BaseException as e:
+            for _, fut in group:
+                if not fut.done():
+                    fut.set_exception(e if isinstance(e, Exception) else
+                                      Unavailable("Read error: redo was cancelled"))
+            if not isinstance(e, Exception):
+                raise
+            return
+        pos = 0
+        for item_reqs, fut in group:
+            n = len(item_reqs)
+            if not fut.done():  # its caller may have gone (a cancelled stream)
+                fut.set_result(results[pos:pos + n])
+            pos += n
 
 
 class PageReadManager:
@@ -90,6 +171,7 @@ class PageReadManager:
         self.tail_full_events = 0
         self._ingest: ingest_pb2_grpc.IngestAsyncStub | None = None
         self._redo: redo_pb2_grpc.RedoAsyncStub | None = None
+        self.redo_batcher = RedoBatcher(self._send_redo)
         self._ctx: dict[tuple[TenantId, TimelineId], RedoContext] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         # With remote storage: keeps the local layers under the budget (if one is set) by
@@ -285,7 +367,7 @@ class PageReadManager:
             async for batch in stream:
                 loop.detail = "following"
                 await failpoints.acheck("pageread-tail-batch")
-                r.tail.add([(kv.key, kv.lsn, kv.value) for kv in batch.values])
+                r.add_tail([(kv.key, kv.lsn, kv.value) for kv in batch.values])
                 await r.advance(Lsn(batch.last_record_lsn))
                 if r.tail.bytes > limit:
                     self.tail_full_events += 1
@@ -354,18 +436,21 @@ class PageReadManager:
     # ------------------------------------------------------------------ redo
     async def _redo_chains(self, key: tuple[TenantId, TimelineId],
                            chains: list[ValueChain]) -> list[bytes | Exception]:
-        assert self._redo is not None
         ctx = self._ctx.get(key, RedoContext())
-        req = redo_pb2.RedoBatchRequest(requests=[
-            redo_pb2.RedoRequest(
-                key=c.key.to_bytes(), lsn=int(c.lsn),
-                base_image=c.image if c.image is not None else None,
-                records=[common_pb2.KeyValue(key=c.key.to_bytes(), lsn=int(lsn), value=v)
-                         for lsn, v in c.records],
-                data_checksums=ctx.data_checksums, wal_log_hints=ctx.wal_log_hints)
-            for c in chains])
+        reqs = [redo_pb2.RedoRequest(
+                    key=kb, lsn=int(c.lsn),
+                    base_image=c.image if c.image is not None else None,
+                    records=[common_pb2.KeyValue(key=kb, lsn=int(lsn), value=v)
+                             for lsn, v in c.records],
+                    data_checksums=ctx.data_checksums, wal_log_hints=ctx.wal_log_hints)
+                for c in chains for kb in (c.key.to_bytes(),)]
+        return await self.redo_batcher.submit(reqs)
+
+    async def _send_redo(self, reqs: list[redo_pb2.RedoRequest]) -> list[bytes | Exception]:
+        assert self._redo is not None
         try:
-            resp = await self._redo.RedoBatch(req, timeout=60)
+            resp = await self._redo.RedoBatch(redo_pb2.RedoBatchRequest(requests=reqs),
+                                              timeout=60)
         except grpc.aio.AioRpcError as e:
             raise Unavailable(f"Read error: the redo service failed: {e.details()}") from None
         out: list[bytes | Exception] = []

@@ -11,6 +11,7 @@ inside the response, and ends the stream only for errors that are not the reques
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,11 @@ if TYPE_CHECKING:
     Context = grpc.aio.ServicerContext[Any, Any]
 
 log = logging.getLogger(__name__)
+
+#: GetPages requests of one stream served at once.  The gateway's stream carries every
+#: connection of a timeline; past this many the service stops reading the stream and
+#: gRPC's flow control holds the sender back.
+MAX_IN_FLIGHT = 256
 
 STATUS_BY_CODE = {
     grpc.StatusCode.NOT_FOUND: pb.GET_PAGE_STATUS_CODE_NOT_FOUND,
@@ -98,41 +104,67 @@ class PageService(page_service_pb2_grpc.PageServiceServicer):
 
     async def GetPages(self, request_iterator: AsyncIterator[pb.GetPageRequest],
                        context: Context) -> AsyncIterator[pb.GetPageResponse]:
+        """Requests are served concurrently, up to MAX_IN_FLIGHT of them (their lookups
+        overlap the others' redo, and their redo goes out in shared batches); answers
+        leave in request order.  An error that is not the request's (UNAVAILABLE) ends
+        the stream where it occurs, as before."""
         r = await self._reader(context)
-        async for req in request_iterator:
-            resp = pb.GetPageResponse(request_id=req.request_id)
+        in_flight: asyncio.Queue[asyncio.Task[pb.GetPageResponse] | None] = asyncio.Queue(
+            MAX_IN_FLIGHT)
+
+        async def read_requests() -> None:
             try:
-                if not req.HasField("request_id"):
-                    raise BadRequest("required field 'request_id' is missing")
-                if not req.HasField("read_lsn"):
-                    raise BadRequest("required field 'read_lsn' is missing")
-                if not req.HasField("rel"):
-                    raise BadRequest("required field 'rel' is missing")
-                if not req.block_number:
-                    raise BadRequest("required field 'block_number' is missing")
-                if len(req.block_number) > self.max_blocks:
-                    self.oversized_requests += 1
-                    log.warning("GetPages request for %d blocks refused: over "
-                                "pageread.max_blocks_per_request %d (%d refused so far)",
-                                len(req.block_number), self.max_blocks,
-                                self.oversized_requests)
-                    raise BadRequest(f"a GetPages request may ask for at most {self.max_blocks} "
-                                     f"blocks (pageread.max_blocks_per_request); this one asks "
-                                     f"for {len(req.block_number)}")
-                rel = rel_tag(req.rel)
-                lsn = await self._effective(r, req.read_lsn)
-                blocks = list(req.block_number)
-                pages = await r.rel_pages(rel, blocks, lsn)
-                resp.status_code = pb.GET_PAGE_STATUS_CODE_OK
-                resp.rel.CopyFrom(req.rel)
-                resp.page.extend(pb.Page(block_number=b, image=p) for b, p in zip(blocks, pages, strict=True))
-            except PagestoreError as e:
-                code = STATUS_BY_CODE.get(e.grpc_code)
-                if code is None:
-                    raise  # e.g. UNAVAILABLE: ends the stream (grpcutil maps it)
-                resp.status_code = code
-                resp.reason = e.message
-            yield resp
+                async for req in request_iterator:
+                    await in_flight.put(asyncio.ensure_future(self._get_page(r, req)))
+            finally:
+                await in_flight.put(None)
+
+        reader = asyncio.create_task(read_requests())
+        try:
+            while (task := await in_flight.get()) is not None:
+                yield await task
+            await reader  # the client's stream ended; raise what ended it, if anything
+        finally:
+            reader.cancel()
+            while not in_flight.empty():
+                left = in_flight.get_nowait()
+                if left is not None:
+                    left.cancel()
+
+    async def _get_page(self, r: TimelineReader, req: pb.GetPageRequest) -> pb.GetPageResponse:
+        resp = pb.GetPageResponse(request_id=req.request_id)
+        try:
+            if not req.HasField("request_id"):
+                raise BadRequest("required field 'request_id' is missing")
+            if not req.HasField("read_lsn"):
+                raise BadRequest("required field 'read_lsn' is missing")
+            if not req.HasField("rel"):
+                raise BadRequest("required field 'rel' is missing")
+            if not req.block_number:
+                raise BadRequest("required field 'block_number' is missing")
+            if len(req.block_number) > self.max_blocks:
+                self.oversized_requests += 1
+                log.warning("GetPages request for %d blocks refused: over "
+                            "pageread.max_blocks_per_request %d (%d refused so far)",
+                            len(req.block_number), self.max_blocks,
+                            self.oversized_requests)
+                raise BadRequest(f"a GetPages request may ask for at most {self.max_blocks} "
+                                 f"blocks (pageread.max_blocks_per_request); this one asks "
+                                 f"for {len(req.block_number)}")
+            rel = rel_tag(req.rel)
+            lsn = await self._effective(r, req.read_lsn)
+            blocks = list(req.block_number)
+            pages = await r.rel_pages(rel, blocks, lsn)
+            resp.status_code = pb.GET_PAGE_STATUS_CODE_OK
+            resp.rel.CopyFrom(req.rel)
+            resp.page.extend(pb.Page(block_number=b, image=p) for b, p in zip(blocks, pages, strict=True))
+        except PagestoreError as e:
+            code = STATUS_BY_CODE.get(e.grpc_code)
+            if code is None:
+                raise  # e.g. UNAVAILABLE: ends the stream (grpcutil maps it)
+            resp.status_code = code
+            resp.reason = e.message
+        return resp
 
     async def GetRelSize(self, request: pb.GetRelSizeRequest,
                          context: Context) -> pb.GetRelSizeResponse:

@@ -32,6 +32,7 @@ from pagestore.keys import (
     RelTag,
     SlruKind,
     rel_block_key,
+    rel_size_key,
     slru_block_key,
 )
 from pagestore.layers.inmemory import InMemoryLayer
@@ -119,15 +120,21 @@ class RecentTail:
 
 
 class PageCache:
-    """A bounded LRU of materialized pages keyed by (key, effective LSN)."""
+    """A bounded LRU of materialized pages, keyed by (key, LSN of its newest version).
+
+    A page depends only on the versions it was rebuilt from: the page as of any LSN at or
+    above its newest version's LSN (and below the next version's) is the same page.  So
+    while WAL flows and the read LSN moves on, a read of a page nobody changed since finds
+    it here: the lookup of its versions still runs (it says which version is newest), the
+    redo does not.  ``hits``/``misses`` count the lookups of pages that need redo."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._pages: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
         self.hits = self.misses = 0
 
-    def get(self, key: Key, lsn: Lsn) -> bytes | None:
-        k = (key.to_bytes(), int(lsn))
+    def get(self, key_bytes: bytes, last_modified: int) -> bytes | None:
+        k = (key_bytes, last_modified)
         page = self._pages.get(k)
         if page is None:
             self.misses += 1
@@ -136,15 +143,62 @@ class PageCache:
         self.hits += 1
         return page
 
-    def put(self, key: Key, lsn: Lsn, page: bytes) -> None:
+    def put(self, key_bytes: bytes, last_modified: int, page: bytes) -> None:
         if self.capacity <= 0:
             return
-        self._pages[(key.to_bytes(), int(lsn))] = page
+        self._pages[(key_bytes, last_modified)] = page
         if len(self._pages) > self.capacity:
             self._pages.popitem(last=False)
 
     def clear(self) -> None:
         self._pages.clear()
+
+
+def is_rel_size_key(kb: bytes) -> bool:
+    """Key.is_rel_size on the 18-byte form: field1 0, relnode (bytes 9-12) not 0, field6
+    (bytes 14-17) all ones."""
+    return kb[0] == 0 and kb[14:] == _ALL_ONES and kb[9:13] != _NO_RELNODE
+
+
+_ALL_ONES = b"\xff\xff\xff\xff"
+_NO_RELNODE = bytes(4)
+
+
+class RelSizeCache:
+    """Relation sizes at the latest LSN, as Neon's pageserver keeps them.
+
+    An entry (nblocks, version LSN) is stored when a size was read at or above the
+    timeline's last record LSN; it answers any read at an LSN at or above that version,
+    because every newer size version arrives through the tail first and ``invalidate``
+    drops the entry then.  Reads below the version LSN, and of relations not cached, look
+    the size up.  ``generation`` counts invalidations: a lookup that raced one (it ran in a
+    worker thread while the tail moved) does not store its answer."""
+
+    MAX_ENTRIES = 1_000_000
+
+    def __init__(self) -> None:
+        self._sizes: dict[bytes, tuple[int, int]] = {}
+        self.generation = 0
+        self.hits = self.misses = 0
+
+    def get(self, size_key: bytes, lsn: int) -> int | None:
+        entry = self._sizes.get(size_key)
+        if entry is None or lsn < entry[1]:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return entry[0]
+
+    def put(self, size_key: bytes, nblocks: int, version_lsn: int, generation: int) -> None:
+        if generation != self.generation:
+            return
+        if len(self._sizes) >= self.MAX_ENTRIES:
+            self._sizes.clear()
+        self._sizes[size_key] = (nblocks, version_lsn)
+
+    def invalidate(self, size_key: bytes) -> None:
+        self.generation += 1
+        self._sizes.pop(size_key, None)
 
 
 class TimelineReader:
@@ -175,6 +229,7 @@ class TimelineReader:
         self.wait_timeout = wait_timeout
         self._redo = redo
         self.cache = PageCache(cache_pages)
+        self.sizes = RelSizeCache()
         self.ancestor: TimelineReader | None = None
 
     def _tail_chunks(self) -> list[InMemoryLayer]:
@@ -201,7 +256,27 @@ class TimelineReader:
         return self.view.image(key, lsn)
 
     def rel_size(self, rel: RelTag, lsn: Lsn, *, allow_missing: bool = False) -> int | None:
-        return self.view.rel_size(rel, lsn, allow_missing=allow_missing)
+        if allow_missing or rel.relnode == 0:
+            return self.view.rel_size(rel, lsn, allow_missing=allow_missing)
+        kb = rel_size_key(rel).to_bytes()
+        cached = self.sizes.get(kb, lsn)
+        if cached is not None:
+            return cached
+        generation = self.sizes.generation
+        at_latest = lsn >= self.tail.last_record_lsn
+        nblocks, version = self.view.rel_size_version(rel, lsn)
+        if at_latest and version is not None:
+            self.sizes.put(kb, nblocks, int(version), generation)
+        return nblocks
+
+    def add_tail(self, values: list[tuple[bytes, int, bytes]]) -> int:
+        """Take values from ingest's stream into the tail; a new size version of a
+        relation drops its cached size."""
+        added = self.tail.add(values)
+        for kb, _lsn, _value in values:
+            if is_rel_size_key(kb):
+                self.sizes.invalidate(kb)
+        return added
 
     def rel_exists(self, rel: RelTag, lsn: Lsn) -> bool:
         return self.view.rel_exists(rel, lsn)
@@ -279,25 +354,20 @@ class TimelineReader:
         """Pages of ``keys`` as of ``lsn``; one redo batch for all that need redo."""
         out: list[bytes | None] = [None] * len(keys)
         todo: list[tuple[int, ValueChain]] = []
-        need: list[int] = []
-        for i, key in enumerate(keys):
-            cached = self.cache.get(key, lsn)
-            if cached is not None:
-                out[i] = cached
-            else:
-                need.append(i)
-        if self.offload and need:
-            chains = await asyncio.to_thread(lambda: [self.chain(keys[i], lsn) for i in need])
+        if self.offload:
+            chains = await asyncio.to_thread(lambda: [self.chain(k, lsn) for k in keys])
         else:
-            chains = [self.chain(keys[i], lsn) for i in need]
-        for i, chain in zip(need, chains, strict=True):
-            key = keys[i]
+            chains = [self.chain(k, lsn) for k in keys]
+        for i, chain in enumerate(chains):
             if not chain.found:
-                raise NotFound(f"Not found: no version of key {key} at or below {lsn}")
+                raise NotFound(f"Not found: no version of key {keys[i]} at or below {lsn}")
             if not chain.records:
                 assert chain.image is not None
-                out[i] = chain.image
-                self.cache.put(key, lsn, chain.image)
+                out[i] = chain.image  # an image needs no redo (and no cache)
+                continue
+            cached = self.cache.get(chain.key.to_bytes(), int(chain.records[-1][0]))
+            if cached is not None:
+                out[i] = cached
             else:
                 todo.append((i, chain))
         if todo:
@@ -311,7 +381,7 @@ class TimelineReader:
                                                                        *lsns[-8:]]))
                     raise result
                 out[i] = result
-                self.cache.put(chain.key, lsn, result)
+                self.cache.put(chain.key.to_bytes(), int(chain.records[-1][0]), result)
         return [p if p is not None else ZERO_PAGE for p in out]
 
     async def rel_pages(self, rel: RelTag, blocks: list[int], lsn: Lsn) -> list[bytes]:

@@ -129,3 +129,67 @@ def test_exists_answers_from_the_relation_directory(fork: ForkNumber) -> None:
     else:
         with pytest.raises(NotFound):
             r.rel_size(rel, lsn)
+
+
+def test_relation_sizes_are_cached_at_the_latest_lsn_until_a_new_version_arrives() -> None:
+    r = _reader()
+    rel = RelTag(1663, 5, 16384)
+    sk = rel_size_key(rel).to_bytes()
+
+    def size_value(n: int) -> bytes:
+        return values.image(metadata.encode_nblocks(n))
+
+    r.add_tail([(sk, 0x100, size_value(3))])
+    r.tail.last_record_lsn = Lsn(0x200)
+    assert r.rel_size(rel, Lsn(0x180)) == 3  # below the latest LSN: not cached
+    assert r.sizes.misses == 1 and r.sizes.get(sk, 0x200) is None
+    assert r.rel_size(rel, Lsn(0x200)) == 3  # at the latest: cached from its version on
+    assert r.sizes.get(sk, 0x100) == 3 and r.sizes.get(sk, 0x300) == 3
+    assert r.sizes.get(sk, 0xFF) is None  # below the version: looked up
+    hits = r.sizes.hits
+    r.tail.last_record_lsn = Lsn(0x300)
+    assert r.rel_size(rel, Lsn(0x300)) == 3
+    assert r.sizes.hits == hits + 1
+    # A new size version through the tail drops the entry: the next read sees it.
+    r.add_tail([(sk, 0x350, size_value(7))])
+    r.tail.last_record_lsn = Lsn(0x400)
+    assert r.sizes.get(sk, 0x400) is None
+    assert r.rel_size(rel, Lsn(0x400)) == 7
+    assert r.rel_size(rel, Lsn(0x300)) == 3  # older LSNs still read their own version
+    # A lookup that raced an invalidation does not store its (maybe stale) answer.
+    gen = r.sizes.generation
+    r.add_tail([(sk, 0x450, size_value(9))])
+    r.sizes.put(sk, 7, 0x350, gen)
+    assert r.sizes.get(sk, 0x500) is None
+
+
+def test_pages_needing_redo_are_cached_by_their_newest_version() -> None:
+    redone: list[int] = []
+
+    async def redo(chains):
+        redone.extend(int(c.records[-1][0]) for c in chains)
+        return [bytes([len(c.records)]) * 8192 for c in chains]
+
+    r = TimelineReader(TenantId.generate(), TimelineId.generate(),
+                       LayerMap(Path("/nonexistent"), []), min_readable_lsn=Lsn(0x10),
+                       gc_cutoff_lsn=Lsn(0), wait_timeout=0.2, redo=redo, cache_pages=4)
+    key = rel_block_key(RelTag(1663, 5, 16384), 0)
+    rec = values.pg_record(b"\x00" * 30, 0, False)
+    r.add_tail([(K, 0x100, values.image(bytes(8192))), (K, 0x200, rec)])
+    r.tail.last_record_lsn = Lsn(0x300)
+
+    async def read(lsn: int) -> bytes:
+        return (await r.pages([key], Lsn(lsn)))[0]
+
+    assert asyncio.run(read(0x250)) == b"\x01" * 8192
+    # WAL moved on but did not touch the page: the same version, no redo.
+    assert asyncio.run(read(0x300)) == b"\x01" * 8192
+    assert redone == [0x200] and r.cache.hits == 1
+    # A newer version of the page: redone again.
+    r.add_tail([(K, 0x350, rec)])
+    r.tail.last_record_lsn = Lsn(0x400)
+    assert asyncio.run(read(0x400)) == b"\x02" * 8192
+    assert redone == [0x200, 0x350]
+    # An image alone never goes to redo.
+    assert asyncio.run(read(0x150)) == bytes(8192)
+    assert redone == [0x200, 0x350]

@@ -13,7 +13,8 @@ first measurement sees the pages as the WAL delivered them (L0 delta layers: ima
 where the WAL had full-page images, delta chains elsewhere).
 
 Timed, in this order (each full backup at a new LSN, one committed row of a side table
-after the previous one, so pageread's page cache, keyed by page and LSN, is cold):
+after the previous one; pageread's page cache is off, page_cache_pages=0, as in
+bench/getpage.py, so every backup redoes what it reads):
 
 1. `pg_basebackup -Ft -X none -c fast --no-sync -D <dir>` of the primary (the peer);
 2. `psql -h <gateway> -c "fullbackup <tenant> <timeline> <lsn>" -o full.tar` (the

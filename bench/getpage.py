@@ -27,7 +27,9 @@ again at another LSN would be a hit); a client's first pass over its blocks read
 latest LSN, a new one for each run (a committed row of a side table); pass p reads at the
 p-th such LSN before it; a (block, LSN) asked twice is counted and printed.  For each run: p50/p99 latency (per request at QD1, per batch
 when batched), pages/s, the gateway's coalescing ratio (GetPage blocks per upstream
-GetPageRequest, from the gateway log's end-of-pagestream lines; warm-up included) and
+GetPageRequest: the connections' GetPage blocks, from the gateway log's end-of-pagestream
+lines, over the requests the timeline's shared GetPages stream sent upstream, from the
+line the gateway logs when that stream closes; warm-up included) and
 the profile: cores each service, the primary, the clients and anything else kept busy
 during the window.
 
@@ -88,6 +90,8 @@ GETPAGE_V2 = struct.Struct("!BQQIIIBI")
 SERVICES = ("gateway", "pageread", "redo", "ingest", "housekeeping")
 ENDED = re.compile(r"pagestream v2 ended after (\d+) requests \((\d+) GetPage blocks in "
                    r"(\d+) GetPageRequests\)")
+SHARED_CLOSED = re.compile(r"GetPages stream of timeline \w+ closed: (\d+) blocks asked, sent as "
+                           r"(\d+) blocks in (\d+) upstream GetPageRequests")
 BLKREF = re.compile(r"blkref #\d+: rel (\d+)/(\d+)/(\d+)(?: fork (\w+))? blk (\d+)( FPW)?")
 
 
@@ -274,17 +278,21 @@ class GatewayLog:
     def mark(self) -> None:
         self.offset = self.path.stat().st_size
 
-    def coalescing(self, streams: int, timeout: float = 5.0) -> tuple[int, int, int]:
-        """(streams seen, blocks, GetPageRequests) of the pagestreams ended since mark()."""
+    def coalescing(self, streams: int, timeout: float = 5.0) -> tuple[int, int, int, int]:
+        """(pagestreams seen, GetPage blocks, upstream GetPageRequests, blocks sent in them)
+        since mark(): from the end-of-pagestream lines and the line the gateway writes
+        when the timeline's shared GetPages stream closes (after the last pagestream)."""
         deadline = time.monotonic() + timeout
         while True:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)
                 text = f.read().decode(errors="replace")
             found = [m for m in ENDED.finditer(text)]
-            if len(found) >= streams or time.monotonic() > deadline:
+            shared = [m for m in SHARED_CLOSED.finditer(text)]
+            if (len(found) >= streams and shared) or time.monotonic() > deadline:
                 return (len(found), sum(int(m.group(2)) for m in found),
-                        sum(int(m.group(3)) for m in found))
+                        sum(int(m.group(3)) for m in shared),
+                        sum(int(m.group(2)) for m in shared))
             time.sleep(0.1)
 
 
@@ -367,10 +375,11 @@ def run_load(b: Bench, units: list[list[tuple[int, int]]], processes: int, warm:
     repeats = sum(max(0, r[2] - len(part) * len(lsns)) for part, r in zip(slices, got,
                                                                           strict=True))
     passes = max(r[2] / len(part) for part, r in zip(slices, got, strict=True))
-    streams, blocks, calls = b.gateway_log.coalescing(processes)
+    streams, blocks, calls, sent = b.gateway_log.coalescing(processes)
     return {"lat": lat, "rate": pages / secs, "pages": pages, "cores": cores,
             "clients": sum(r[3] for r in got) / secs, "repeats": repeats, "asked": asked,
-            "passes": passes, "streams": streams, "blocks": blocks, "calls": calls}
+            "passes": passes, "streams": streams, "blocks": blocks, "calls": calls,
+            "sent": sent}
 
 
 # --------------------------------------------------------------------------- the bench
@@ -408,7 +417,8 @@ class Bench:
             for x in ("-c", f"{s}.listen_addr='127.0.0.1:0'")],
             "-c", "gateway.listen_pg_addr='127.0.0.1:0'",
             # A cold page cache for every read: no cache at all (see the docstring).
-            "-c", "pageread.page_cache_pages=0")
+            "-c", "pageread.page_cache_pages=0",
+            "-c", f"event_loop='{getattr(self.args, 'event_loop', 'uvloop')}'")
         cli(self.workdir, "start")
         self.tenant = cli(self.workdir, "tenant", "create").strip()
         self.timeline = cli(self.workdir, "timeline", "create", "--tenant", self.tenant,
@@ -687,6 +697,8 @@ def main() -> int:
                     help="leave housekeeping's compaction on its schedule (default: paused, "
                          "so no image layer replaces the WAL's delta chains mid-run)")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--event-loop", choices=["asyncio", "uvloop"], default="uvloop",
+                    help="the services' event loop (config event_loop)")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="pagestore-bench-getpage-"))
@@ -772,8 +784,9 @@ def main() -> int:
             print(f"{label:<9} {procs:>5} {pct(lat, 0.5):>8.2f} {pct(lat, 0.99):>8.2f} "
                   f"{r['rate']:>9,.0f}  {note}")
             ratio = (f"{r['blocks'] / r['calls']:.1f} GetPage blocks per upstream GetPageRequest "
-                     f"({r['blocks']} in {r['calls']}, warm-up included)" if r["calls"]
-                     else "not exposed")
+                     f"({r['blocks']} in {r['calls']} requests of {r['sent']} distinct blocks, "
+                     "all connections sharing the timeline's stream; warm-up included)"
+                     if r["calls"] else "not exposed")
             if r["streams"] < procs:
                 ratio += f" [{r['streams']} of {procs} pagestream lines found]"
             print(f"{'':<9} gateway coalescing: {ratio}; {r['passes']:.1f} passes over the "

@@ -22,6 +22,10 @@ IDLE_TIMEOUT = 600.0  # seconds; Neon's page service read timeout
 #: The longest message a client may send: queries and pagestream requests are small.
 MAX_CLIENT_MESSAGE = 1024 * 1024
 READ_SIZE = 256 * 1024
+#: ``flush`` waits while more than this is queued for the client: a backup's CopyData
+#: messages (up to 1 MiB) keep flowing while the client reads the previous ones (asyncio's
+#: default, 64 KiB, made every chunk wait for the client to drain the one before).
+WRITE_BUFFER_HIGH = 2 * 1024 * 1024
 
 
 class IdleTimeout(Exception):
@@ -37,6 +41,9 @@ class Connection:
         self.codec = wire.MessageReader(expect_startup=True,
                                        max_message_size=MAX_CLIENT_MESSAGE)
         self.peer = str(writer.get_extra_info("peername"))
+        transport = writer.transport
+        if isinstance(transport, asyncio.WriteTransport):
+            transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
 
     async def read_more(self) -> bool:
         """Feed the codec with what the socket has; False at EOF."""

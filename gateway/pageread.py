@@ -26,7 +26,7 @@ import contextlib
 import datetime
 import itertools
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -39,6 +39,7 @@ from pagestore.errors import (
     from_rpc_error,
 )
 from pagestore.grpcutil import (
+    ANSWER_ORDER_METADATA_KEY,
     REQUEST_METADATA_KEY,
     SHARD_METADATA_KEY,
     TENANT_METADATA_KEY,
@@ -48,7 +49,7 @@ from pagestore.proto import page_service_pb2 as pb
 from pagestore.proto import page_service_pb2_grpc, pageread_pb2, pageread_pb2_grpc
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator
+    from collections.abc import AsyncGenerator, Coroutine
 
     from pagestore.ids import TenantId, TimelineId
     from pagestore.keys import RelTag
@@ -247,30 +248,96 @@ class _Stream:
 
 
 class GetPagesStream:
-    """The connection's one GetPages stream, opened on first use and after a failure."""
+    """A timeline's GetPages stream, opened on first use and after a failure.
 
-    def __init__(self, client: PageReadClient) -> None:
+    Requests for the same relation fork at the same (request_lsn, not_modified_since)
+    that arrive within one turn of the event loop, from any connection sharing the
+    stream, go out as one GetPageRequest of up to ``max_batch`` distinct blocks; each
+    caller gets its own blocks' pages, in its order.  A merged request that fails fails
+    every caller in it with the same error (the pagestream pipeline then asks its blocks
+    again one by one, uncoalesced: ``coalesce=False``).  ``calls``/``blocks`` count what
+    went upstream; ``asked`` the blocks callers asked for (asked/calls is the
+    coalescing ratio)."""
+
+    def __init__(self, client: PageReadClient, max_batch: int = 32) -> None:
         self.client = client
+        self.max_batch = max(1, max_batch)
         self._stream: _Stream | None = None
         self._ids = itertools.count(1)
         self._write_lock = asyncio.Lock()  # grpc.aio allows one pending write per call
+        self._waiting: dict[tuple[bytes, int, int],
+                            list[tuple[list[int], asyncio.Future[list[bytes]]]]] = {}
+        self._rels: dict[tuple[bytes, int, int], tuple[pb.ReadLsn, RelTag]] = {}
+        self._flush_scheduled = False
+        self._sending: set[asyncio.Future[None]] = set()
         self.calls = 0  # GetPageRequests sent
         self.blocks = 0  # blocks asked for in them
+        self.asked = 0  # blocks callers asked for
 
     def _open(self) -> _Stream:
         if self._stream is None or self._stream.failed is not None:
-            call = self.client.pages.GetPages(metadata=self.client.metadata)
+            # Answers as they finish: the stream carries many connections' requests, and
+            # one waiting for WAL must hold up no other (_Stream matches by request id).
+            call = self.client.pages.GetPages(
+                metadata=(*self.client.metadata, (ANSWER_ORDER_METADATA_KEY, "any")))
             self._stream = _Stream(call)
         return self._stream
 
-    async def get_pages(self, lsn: pb.ReadLsn, rel: RelTag,
-                        blocks: list[int]) -> asyncio.Future[list[bytes]]:
-        """Send one GetPageRequest; the future gets the pages in ``blocks`` order."""
+    async def get_pages(self, lsn: pb.ReadLsn, rel: RelTag, blocks: list[int], *,
+                        coalesce: bool = True) -> asyncio.Future[list[bytes]]:
+        """Ask for ``blocks``; the future gets their pages in ``blocks`` order."""
         fut: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
+        self.asked += len(blocks)
+        if not coalesce or len(blocks) >= self.max_batch:
+            # The write runs in the stream's own task: a connection that goes away while
+            # it waits (cancelled) must not cut a write on the stream others share short
+            # (a grpc.aio write cancelled half way leaves the call unusable).
+            await asyncio.shield(self._spawn(self._send(lsn, rel, blocks, [(blocks, fut)])))
+            return fut
+        key = (rel_tag(rel).SerializeToString(), lsn.request_lsn, lsn.not_modified_since_lsn)
+        self._waiting.setdefault(key, []).append((blocks, fut))
+        self._rels.setdefault(key, (lsn, rel))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        """Merge what arrived this turn into requests of at most max_batch blocks."""
+        self._flush_scheduled = False
+        waiting, self._waiting = self._waiting, {}
+        rels, self._rels = self._rels, {}
+        for key, members in waiting.items():
+            lsn, rel = rels[key]
+            group: list[tuple[list[int], asyncio.Future[list[bytes]]]] = []
+            union: dict[int, None] = {}
+            for blocks, fut in members:
+                grown = union | dict.fromkeys(blocks)
+                if group and len(grown) > self.max_batch:
+                    self._spawn(self._send(lsn, rel, list(union), group))
+                    group, grown = [], dict.fromkeys(blocks)
+                group.append((blocks, fut))
+                union = grown
+            self._spawn(self._send(lsn, rel, list(union), group))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
+        task = asyncio.ensure_future(coro)
+        self._sending.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._sending.discard)
+        return task
+
+    async def _send(self, lsn: pb.ReadLsn, rel: RelTag, blocks: list[int],
+                    members: list[tuple[list[int], asyncio.Future[list[bytes]]]]) -> None:
+        """One GetPageRequest for ``blocks``; its pages are handed to ``members``."""
+        whole: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
+        if len(members) == 1 and members[0][0] == blocks:
+            whole = members[0][1]
+        else:
+            whole.add_done_callback(lambda f: _hand_out(f, blocks, members))
         async with self._write_lock:
             stream = self._open()
             request_id = next(self._ids)
-            stream.pending[request_id] = (fut, len(blocks))
+            stream.pending[request_id] = (whole, len(blocks))
             self.calls += 1
             self.blocks += len(blocks)
             try:
@@ -283,14 +350,34 @@ class GetPagesStream:
             except asyncio.InvalidStateError:  # the call finished (with OK) before the write
                 stream.fail(Unavailable("reconnect: the page-read service ended the "
                                         "GetPages stream"))
-        if stream.failed is not None and not fut.done():
-            fut.set_exception(stream.failed)
-        return fut
+        if stream.failed is not None and not whole.done():
+            whole.set_exception(stream.failed)
 
     async def close(self) -> None:
         if self._stream is not None:
             await self._stream.close()
             self._stream = None
+        for task in list(self._sending):
+            task.cancel()
+
+
+def _hand_out(whole: asyncio.Future[list[bytes]], blocks: list[int],
+              members: list[tuple[list[int], asyncio.Future[list[bytes]]]]) -> None:
+    """A merged request's outcome, to each caller in it."""
+    if whole.cancelled():
+        for _, fut in members:
+            fut.cancel()
+        return
+    err = whole.exception()
+    if err is not None:
+        for _, fut in members:
+            if not fut.done():
+                fut.set_exception(err)
+        return
+    by_block = dict(zip(blocks, whole.result(), strict=True))
+    for wanted, fut in members:
+        if not fut.done():
+            fut.set_result([by_block[b] for b in wanted])
 
 
 class SharedGetPagesStreams:
@@ -299,8 +386,9 @@ class SharedGetPagesStreams:
     many computes' backends connect, and serves their requests side by side (its redo
     batches span them).  A stream lives while a connection holds it."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, max_batch: int = 32) -> None:
         self.channel = channel
+        self.max_batch = max_batch
         self._streams: dict[tuple[str, str, str], tuple[GetPagesStream, int]] = {}
 
     def acquire(self, tenant: TenantId, timeline: TimelineId,
@@ -310,7 +398,7 @@ class SharedGetPagesStreams:
         if entry is None:
             client = PageReadClient(self.channel, tenant, timeline, shard,
                                     request_tag="gw-shared")
-            entry = (GetPagesStream(client), 0)
+            entry = (GetPagesStream(client, self.max_batch), 0)
         self._streams[key] = (entry[0], entry[1] + 1)
         return entry[0]
 
@@ -325,6 +413,9 @@ class SharedGetPagesStreams:
             return
         del self._streams[key]
         await stream.close()
+        log.info("GetPages stream of timeline %s closed: %d blocks asked, sent as %d blocks in "
+                 "%d upstream GetPageRequests", c.timeline, stream.asked, stream.blocks,
+                 stream.calls)
 
     def __len__(self) -> int:
         return len(self._streams)

@@ -120,7 +120,7 @@ class Pagestream:
         # The timeline's shared GetPages stream (or, without a registry, one of its own).
         self._streams = streams
         self.stream = (streams.acquire(client.tenant, client.timeline, client.shard)
-                       if streams is not None else GetPagesStream(client))
+                       if streams is not None else GetPagesStream(client, self.max_batch))
         self.calls = 0   # GetPageRequests this connection sent
         self.blocks = 0  # blocks asked for in them
         self._slots: asyncio.Queue[asyncio.Future[bytes]] = asyncio.Queue(MAX_IN_FLIGHT)
@@ -234,28 +234,31 @@ class Pagestream:
         await self._send_group(members)
 
     async def _send_group(self, members: list[tuple[ps.GetPageRequest,
-                                                    asyncio.Future[bytes]]]) -> None:
+                                                    asyncio.Future[bytes]]], *,
+                          coalesce: bool = True) -> None:
         head = members[0][0]
         self.calls += 1
         self.blocks += len(members)
         pages = await self.stream.get_pages(
             read_lsn(head.hdr.request_lsn, head.hdr.not_modified_since), head.rel,
-            [req.blkno for req, _ in members])
-        task = asyncio.create_task(self._complete_group(members, pages))
+            [req.blkno for req, _ in members], coalesce=coalesce)
+        task = asyncio.create_task(self._complete_group(members, pages, coalesce))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _complete_group(self, members: list[tuple[ps.GetPageRequest,
                                                         asyncio.Future[bytes]]],
-                              pages: asyncio.Future[list[bytes]]) -> None:
+                              pages: asyncio.Future[list[bytes]], coalesce: bool) -> None:
         try:
             images = await pages
         except PagestoreError as e:
-            if len(members) > 1 and _retry_singly(e):
+            # Coalesced with this connection's or (the stream is shared) another's
+            # requests, the batch may have failed for a block that is not this one.
+            if _retry_singly(e) and (len(members) > 1 or coalesce):
                 log.info("coalesced GetPage of %d blocks of %s failed (%s); asking singly",
                          len(members), members[0][0].rel, e.message)
-                for member in members:
-                    await self._send_group([member])
+                for member in members:  # alone: never merged with other requests again
+                    await self._send_group([member], coalesce=False)
                 return
             for req, fut in members:
                 self._settle_error(fut, req, e)

@@ -18,6 +18,7 @@ import socket
 import sys
 
 from gateway.pageread import SharedGetPagesStreams
+from gateway.pipeline import MAX_BATCH
 from gateway.session import refuse_connection, serve_connection
 from pagestore.grpcutil import channel as grpc_channel
 from pagestore.service import ServiceContext, run_service
@@ -33,10 +34,10 @@ def split_addr(addr: str) -> tuple[str, int]:
 async def setup(ctx: ServiceContext) -> None:
     pageread_addr = ctx.config.service_addr("pageread")
     channel = grpc_channel(pageread_addr)
-    streams = SharedGetPagesStreams(channel)
     connections: set[asyncio.Task[None]] = set()
     limit = ctx.config.gateway.max_connections
     max_batch = ctx.config.pageread.max_blocks_per_request
+    streams = SharedGetPagesStreams(channel, max_batch=max(1, min(MAX_BATCH, max_batch)))
     refused = 0
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -127,6 +127,13 @@ class RedoConfig:
         "gRPC address of the WAL redo service."))
     advertise_addr: str = field(default="", metadata=_doc(
         "Address other services use to reach it (empty: listen_addr)."))
+    processes: int = field(default=0, metadata=_doc(
+        "Worker processes that apply redo (Python redo is CPU work under one GIL per\n"
+        "process): 0 = one per CPU core, 1 = in the service process only."))
+    parallel_min_records: int = field(default=64, metadata=_doc(
+        "A batch with fewer WAL records than this is redone in the service process (the\n"
+        "hand-off to a worker costs more than it saves); bigger ones are split across the\n"
+        "workers."))
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +236,9 @@ class Config:
         "How long `pagestore start` waits for each service to report SERVING."))
     shutdown_timeout: Duration = field(default=Duration(20), metadata=_doc(
         "How long `pagestore stop` waits for a service before it is killed."))
+    event_loop: str = field(default="uvloop", metadata=_doc(
+        "The services' event loop: 'uvloop' (libuv's) or 'asyncio' (the standard\n"
+        "library's). docs/performance.md has the measurements."))
     remote_storage: RemoteStorageConfig | None = None
 
     def service_addr(self, service: str) -> str:

@@ -57,6 +57,8 @@ FAILPOINTS: dict[str, str] = {
     "pageread-notify-reload": "pageread: in the layer listener, before it reloads a layer "
                               "map on a catalog notification",
     "redo-apply": "redo: before each redo request is applied",
+    "redo-worker-batch": "redo: in a redo worker process, before it redoes a slice of a "
+                         "batch (configured from PAGESTORE_FAILPOINTS when the worker starts)",
     "housekeeping-compact-partition": "housekeeping: between the L1 files of a compaction",
     "housekeeping-image-partition": "housekeeping: before each image layer is written",
     "housekeeping-before-swap": "housekeeping: after a job's files are written, before the "

@@ -37,6 +37,11 @@ TENANT_METADATA_KEY = "neon-tenant-id"
 TIMELINE_METADATA_KEY = "neon-timeline-id"
 SHARD_METADATA_KEY = "neon-shard-id"
 REQUEST_METADATA_KEY = "pagestore-request-id"
+#: GetPages metadata: "any" lets pageread answer a stream's requests as they finish
+#: instead of in request order (the gateway, whose one stream per timeline carries many
+#: connections' requests, matches answers by request id).  Absent: in order, as Neon's
+#: clients expect.
+ANSWER_ORDER_METADATA_KEY = "pagestore-answer-order"
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 CHANNEL_OPTIONS = [

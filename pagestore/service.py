@@ -119,7 +119,8 @@ def run_service(name: str, setup: Callable[[ServiceContext], Awaitable[None]], *
                 ctx.remote.close()
 
     try:
-        asyncio.run(main())
+        with asyncio.Runner(loop_factory=_loop_factory(config.event_loop)) as runner:
+            runner.run(main())
     except PagestoreError as e:
         log.error("%s cannot start: %s", name, e.message)
         return 1
@@ -127,3 +128,18 @@ def run_service(name: str, setup: Callable[[ServiceContext], Awaitable[None]], *
         log.error("%s cannot start: %s", name, e)
         return 1
     return 0
+
+
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop factory for config ``event_loop`` (None: asyncio's default)."""
+    if name == "asyncio":
+        return None
+    if name == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            raise PagestoreError("event_loop = 'uvloop' but the uvloop package is not "
+                                 "installed (pip install uvloop)") from None
+        return uvloop.new_event_loop
+    raise PagestoreError(f"event_loop must be 'asyncio' or 'uvloop', not {name!r}")
+

@@ -94,20 +94,35 @@ class TimelineView:
         """The versions that rebuild ``key`` as of ``lsn``: this timeline's sources and
         layer files, then, for a branch whose own history does not reach far enough, the
         ancestor's as of the branch point (recursively)."""
+        return self.chains([key], lsn)[0]
+
+    def chains(self, keys: Sequence[Key], lsn: Lsn) -> list[ValueChain]:
+        """``chain`` of each key; layer files are read once per run of dense keys
+        (LayerMap.get_many), which is what full backups and batched reads ask for."""
         for attempt in range(MISSING_FILE_RETRIES + 1):
             try:
-                chain = self.layers.get(key, lsn, self.sources())
+                if len(keys) == 1:
+                    found = [self.layers.get(keys[0], lsn, self.sources())]
+                else:
+                    found = self.layers.get_many(keys, lsn, self.sources())
                 break
             except LayerFileMissing as e:
                 if self.refresh is None or attempt == MISSING_FILE_RETRIES \
                         or not self.refresh(lsn):
                     raise
-                log.info("retrying a read of key %s at %s on a reloaded layer map: %s",
-                         key, lsn, e.message)
-        if self.ancestor is None or chain.complete or chain.settled:
-            return chain
-        base = self.ancestor.chain(key, Lsn(min(lsn, self.ancestor_lsn)))
-        return ValueChain(key, lsn, base.image, base.image_lsn, [*base.records, *chain.records])
+                log.info("retrying a read of %d keys from %s at %s on a reloaded layer map: "
+                         "%s", len(keys), keys[0], lsn, e.message)
+        if self.ancestor is None:
+            return found
+        out = []
+        for chain in found:
+            if chain.complete or chain.settled:
+                out.append(chain)
+                continue
+            base = self.ancestor.chain(chain.key, Lsn(min(lsn, self.ancestor_lsn)))
+            out.append(ValueChain(chain.key, lsn, base.image, base.image_lsn,
+                                  [*base.records, *chain.records]))
+        return out
 
     def image(self, key: Key, lsn: Lsn) -> bytes | None:
         """A metadata key's value as of ``lsn`` (None: absent, or a tombstone)."""

@@ -258,3 +258,41 @@ def decode_record_value(value: bytes) -> Record:
     except (struct.error, IndexError) as e:
         raise CorruptionError(f"malformed value (tag {value[:1].hex()}): {e}") from None
     raise CorruptionError(f"unknown value tag {value[:1].hex() or 'none'}")
+
+
+# --------------------------------------------------------------------------- batches
+
+#: A packed value's header after its 18-byte key: lsn u64, value length u32 (big-endian).
+PACKED_VALUE_HEADER = struct.Struct(">QI")
+_PACKED_KEY = 18
+
+
+def pack_values(batch: list[tuple[bytes, int, bytes]]) -> bytes:
+    """(key bytes, lsn, value) triples back to back: how ingest streams the recent tail
+    (WalBatch.packed_values), one bytes field instead of a message per value."""
+    pack = PACKED_VALUE_HEADER.pack
+    parts: list[bytes] = []
+    for kb, lsn, value in batch:
+        parts += (kb, pack(lsn, len(value)), value)
+    return b"".join(parts)
+
+
+def unpack_values(data: bytes) -> list[tuple[bytes, int, bytes]]:
+    """``pack_values`` undone; a truncated or overlong entry is a CorruptionError."""
+    out: list[tuple[bytes, int, bytes]] = []
+    unpack = PACKED_VALUE_HEADER.unpack_from
+    pos, end = 0, len(data)
+    head = _PACKED_KEY + PACKED_VALUE_HEADER.size
+    while pos < end:
+        if pos + head > end:
+            raise CorruptionError(f"packed values: a header at offset {pos} runs past the "
+                                  f"end ({end} bytes)")
+        lsn, n = unpack(data, pos + _PACKED_KEY)
+        start = pos + head
+        if start + n > end:
+            raise CorruptionError(f"packed values: the value at offset {pos} is {n} bytes, "
+                                  f"past the end ({end} bytes)")
+        out.append((data[pos:pos + _PACKED_KEY], lsn, data[start:start + n]))
+        pos = start + n
+    return out
+

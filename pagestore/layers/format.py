@@ -47,7 +47,7 @@ import threading
 from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Protocol, Self
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, Self
 
 import crc32c
 import zstandard
@@ -767,13 +767,21 @@ class LayerFileReader:
     # ----------------------------------------------------------------------- lookups
     def lookup(self, lo: bytes, hi: bytes) -> list[tuple[int, int, bytes]]:
         """(lsn, flags, value) of every entry whose ordkey is in [lo, hi), in order."""
+        return self._range(lo, hi, False)
+
+    def lookup_keyed(self, lo: bytes, hi: bytes) -> list[tuple[bytes, int, int, bytes]]:
+        """(key bytes, lsn, flags, value) of every entry whose ordkey is in [lo, hi), in
+        order: many keys' versions in one pass (LayerMap.get_many)."""
+        return self._range(lo, hi, True)
+
+    def _range(self, lo: bytes, hi: bytes, keyed: bool) -> list[tuple[Any, ...]]:
         firsts = self._firsts
         i = bisect_right(firsts, lo) - 1
         if i < 0:
             i = 0
         n_blocks = len(firsts)
         size = INDEX_ENTRY.size
-        out: list[tuple[int, int, bytes]] = []
+        out: list[tuple[Any, ...]] = []
         first_block = True
         while i < n_blocks and firsts[i] < hi:
             block = self._index_block(i)
@@ -792,8 +800,9 @@ class LayerFileReader:
             while j < count:
                 if block[pos:pos + ORDKEY_SIZE] >= hi:
                     return out
-                _, lsn, flags, n, offset, length = INDEX_ENTRY.unpack_from(block, pos)
-                out.append((lsn, flags, self._value(self._data_block(n), n, offset, length)))
+                key, lsn, flags, n, offset, length = INDEX_ENTRY.unpack_from(block, pos)
+                value = self._value(self._data_block(n), n, offset, length)
+                out.append((key, lsn, flags, value) if keyed else (lsn, flags, value))
                 j += 1
                 pos += size
             i += 1

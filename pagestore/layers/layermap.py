@@ -32,6 +32,7 @@ Values are ``pagestore.values`` encodings in every kind of source.
 
 from __future__ import annotations
 
+import struct
 import threading
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
@@ -306,6 +307,113 @@ class LayerMap:
         for part in reversed(newer):
             chain.records.extend(part)
         return chain
+
+
+    def get_many(self, keys: Sequence[Key], lsn: Lsn,
+                 extra: Sequence[VersionSource] = ()) -> list[ValueChain]:
+        """``[self.get(key, lsn, extra) for key in keys]``, reading each layer file once
+        per run of keys that reach it at the same step of the walk.
+
+        A full backup reads a relation's blocks in runs, a batched GetPage reads blocks of
+        one relation: keys that are dense (a run's block numbers span at most
+        DENSE_SPAN times its length; same relation) share one range lookup per layer
+        instead of one lookup per key.  Sparse keys are read one by one, as ``get`` does,
+        so a range never drags in versions of many keys nobody asked for."""
+        if len(keys) < MIN_RUN:
+            return [self.get(k, lsn, extra) for k in keys]
+        kbs = [k.to_bytes() for k in keys]
+        order = sorted(range(len(keys)), key=kbs.__getitem__)
+        if not _dense([kbs[i] for i in order]):
+            return [self.get(k, lsn, extra) for k in keys]
+        chains = [ValueChain(k, lsn) for k in keys]
+        newer: list[list[list[tuple[Lsn, bytes]]]] = [[] for _ in keys]
+        conts = [int(lsn) + 1] * len(keys)
+
+        def take(i: int, found: list[tuple[Lsn, bytes]]) -> bool:
+            """``get``'s take() for key i: True when its chain is complete."""
+            for j in range(len(found) - 1, -1, -1):
+                if values.will_init(found[j][1]):
+                    if values.is_image(found[j][1]):
+                        chains[i].image = values.image_bytes(found[j][1])
+                        chains[i].image_lsn = Lsn(found[j][0])
+                        newer[i].append(found[j + 1:])
+                    else:
+                        newer[i].append(found[j:])
+                    return True
+            newer[i].append(found)
+            return False
+
+        sources = sorted(extra, key=_source_start, reverse=True)
+        pending: list[int] = []
+        for i in order:  # the in-memory sources: a dict lookup per key
+            cont = conts[i]
+            complete = False
+            for src in sources:
+                if src.lsn_start >= cont:
+                    continue
+                found = src.versions_of(kbs[i], cont)
+                cont = int(src.lsn_start)
+                if found and take(i, found):
+                    complete = True
+                    break
+            conts[i] = cont
+            if not complete:
+                pending.append(i)
+        index = self._index
+        while pending:
+            groups: dict[tuple[str, int, int], tuple[LayerDesc, list[int]]] = {}
+            for i in pending:
+                step = index.search(kbs[i], conts[i])
+                if step is not None:
+                    desc, floor = step
+                    groups.setdefault((desc.file_name, floor, conts[i]), (desc, []))[1].append(i)
+            pending = []
+            for (_, floor, cont), (desc, members) in groups.items():
+                reader = self._reader(desc)
+                first, last = kbs[members[0]], kbs[members[-1]]
+                if isinstance(reader, ImageLayerReader):
+                    images = {kb: v for kb, _, _, v in reader.lookup_keyed(
+                        first + _LSN_ZERO, last + _LSN_ALL)}
+                    for i in members:
+                        value = images.get(kbs[i])
+                        if value is not None:
+                            take(i, [(desc.lsn_start, value)])
+                        chains[i].settled = True
+                    continue
+                found_by_key: dict[bytes, list[tuple[Lsn, bytes]]] = {}
+                if cont > reader.lsn_start:
+                    for kb, lsn_, _, v in reader.lookup_keyed(
+                            first + _LSN_BE.pack(max(floor, 0)), last + _LSN_BE.pack(cont)):
+                        if floor <= lsn_ < cont:
+                            found_by_key.setdefault(kb, []).append((Lsn(lsn_), v))
+                for i in members:
+                    conts[i] = floor
+                    got = found_by_key.get(kbs[i])
+                    if not (got and take(i, got)):
+                        pending.append(i)
+            pending.sort(key=kbs.__getitem__)
+        for i, chain in enumerate(chains):
+            for part in reversed(newer[i]):
+                chain.records.extend(part)
+        return chains
+
+
+#: get_many: fewer keys than this are read one by one.
+MIN_RUN = 4
+#: get_many: a run of keys is dense when its block numbers span at most this many times
+#: its length (and its keys share everything but the block number).
+DENSE_SPAN = 4
+_LSN_BE = struct.Struct(">Q")
+_LSN_ZERO = bytes(8)
+_LSN_ALL = b"\xff" * 8
+
+
+def _dense(sorted_kbs: list[bytes]) -> bool:
+    first, last = sorted_kbs[0], sorted_kbs[-1]
+    if first[:14] != last[:14]:
+        return False
+    span = int.from_bytes(last[14:], "big") - int.from_bytes(first[14:], "big") + 1
+    return span <= DENSE_SPAN * len(sorted_kbs)
 
 
 def _source_start(src: VersionSource) -> int:

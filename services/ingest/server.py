@@ -86,8 +86,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         async for batch in self.manager.subscribe(tenant, timeline, Lsn(request.from_lsn),
                                                   key_start, key_end):
             yield ingest_pb2.WalBatch(
-                values=[common_pb2.KeyValue(key=k, lsn=lsn, will_init=values.will_init(v),
-                                            value=v) for k, lsn, v in batch.values],
+                packed_values=values.pack_values(batch.values),
                 last_record_lsn=int(batch.last_record_lsn),
                 disk_consistent_lsn=int(batch.disk_consistent_lsn))
 

@@ -32,7 +32,7 @@ import grpc
 import psycopg
 from sqlalchemy.engine import make_url
 
-from pagestore import failpoints
+from pagestore import failpoints, values
 from pagestore.catalog import repo
 from pagestore.catalog.db import make_sessionmaker
 from pagestore.config import tenant_settings
@@ -367,7 +367,8 @@ class PageReadManager:
             async for batch in stream:
                 loop.detail = "following"
                 await failpoints.acheck("pageread-tail-batch")
-                r.add_tail([(kv.key, kv.lsn, kv.value) for kv in batch.values])
+                r.add_tail(values.unpack_values(batch.packed_values) if batch.packed_values
+                           else [(kv.key, kv.lsn, kv.value) for kv in batch.values])
                 await r.advance(Lsn(batch.last_record_lsn))
                 if r.tail.bytes > limit:
                     self.tail_full_events += 1

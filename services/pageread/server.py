@@ -21,6 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from pagestore.errors import BadRequest, PagestoreError
 from pagestore.grpcutil import (
+    ANSWER_ORDER_METADATA_KEY,
     SHARD_METADATA_KEY,
     TENANT_METADATA_KEY,
     TIMELINE_METADATA_KEY,
@@ -32,7 +33,7 @@ from pagestore.lsn import Lsn
 from pagestore.proto import page_service_pb2 as pb
 from pagestore.proto import page_service_pb2_grpc, pageread_pb2, pageread_pb2_grpc
 from pagestore.service import ServiceContext, run_service
-from services.pageread.backup import stream_backup
+from services.pageread.backup import FULLBACKUP_CHUNK, stream_backup
 from services.pageread.manager import PageReadManager
 
 if TYPE_CHECKING:
@@ -109,6 +110,11 @@ class PageService(page_service_pb2_grpc.PageServiceServicer):
         leave in request order.  An error that is not the request's (UNAVAILABLE) ends
         the stream where it occurs, as before."""
         r = await self._reader(context)
+        md = {k: v for k, v in context.invocation_metadata() or ()}
+        if md.get(ANSWER_ORDER_METADATA_KEY) == "any":
+            async for resp in self._get_pages_as_they_finish(r, request_iterator):
+                yield resp
+            return
         in_flight: asyncio.Queue[asyncio.Task[pb.GetPageResponse] | None] = asyncio.Queue(
             MAX_IN_FLIGHT)
 
@@ -130,6 +136,50 @@ class PageService(page_service_pb2_grpc.PageServiceServicer):
                 left = in_flight.get_nowait()
                 if left is not None:
                     left.cancel()
+
+    async def _get_pages_as_they_finish(
+            self, r: TimelineReader, request_iterator: AsyncIterator[pb.GetPageRequest]
+    ) -> AsyncIterator[pb.GetPageResponse]:
+        """GetPages answered as each request finishes (ANSWER_ORDER_METADATA_KEY "any"):
+        a request waiting for WAL holds up no other.  Up to MAX_IN_FLIGHT at a time."""
+        finished: asyncio.Queue[pb.GetPageResponse | BaseException | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        serving: set[asyncio.Task[None]] = set()
+
+        async def serve(req: pb.GetPageRequest) -> None:
+            try:
+                finished.put_nowait(await self._get_page(r, req))
+            except BaseException as e:  # not the request's: ends the stream
+                finished.put_nowait(e)
+                if isinstance(e, asyncio.CancelledError):
+                    raise
+            finally:
+                slots.release()
+
+        async def read_requests() -> None:
+            try:
+                async for req in request_iterator:
+                    await slots.acquire()
+                    task = asyncio.create_task(serve(req))
+                    serving.add(task)
+                    task.add_done_callback(serving.discard)
+                if serving:
+                    await asyncio.wait(set(serving))
+                finished.put_nowait(None)
+            except BaseException as e:
+                finished.put_nowait(e)
+                raise
+
+        reader = asyncio.create_task(read_requests())
+        try:
+            while (item := await finished.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(serving):
+                task.cancel()
 
     async def _get_page(self, r: TimelineReader, req: pb.GetPageRequest) -> pb.GetPageResponse:
         resp = pb.GetPageResponse(request_id=req.request_id)
@@ -230,7 +280,7 @@ class PageReadExtras(pageread_pb2_grpc.PageReadExtrasServicer):
         r = await self.manager.reader(tenant, timeline)
         lsn = await r.effective_lsn(request.lsn or r.last_record_lsn, 0)
         async for chunk in stream_backup(r, lsn, prev_lsn=Lsn(request.prev_lsn) or None,
-                                         full=True):
+                                         full=True, chunk_size=FULLBACKUP_CHUNK):
             yield pageread_pb2.BackupChunk(chunk=chunk)
 
     async def GetTimelineStatus(self, request: pageread_pb2.GetTimelineStatusRequest,

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pagestore.errors import BadRequest, LsnOutOfRange, LsnTimeout, NotFound
@@ -57,6 +59,15 @@ ZERO_PAGE = bytes(BLCKSZ)
 #: A chunk of the recent tail is dropped whole: its size bounds how far past its limit the
 #: tail can stay while layer files already cover most of it.
 CHUNK_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class FoundPages:
+    """What a lookup of pages found: ``pages`` (None where redo is still needed) and the
+    chains to redo, by position."""
+
+    pages: list[bytes | None]
+    todo: list[tuple[int, ValueChain]]
 
 
 class RecentTail:
@@ -126,32 +137,38 @@ class PageCache:
     above its newest version's LSN (and below the next version's) is the same page.  So
     while WAL flows and the read LSN moves on, a read of a page nobody changed since finds
     it here: the lookup of its versions still runs (it says which version is newest), the
-    redo does not.  ``hits``/``misses`` count the lookups of pages that need redo."""
+    redo does not.  ``hits``/``misses`` count the lookups of pages that need redo.
+    Lookups run on the event loop and in worker threads (backups, remote reads): a lock
+    keeps the LRU whole."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._pages: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
+        self._lock = threading.Lock()
         self.hits = self.misses = 0
 
     def get(self, key_bytes: bytes, last_modified: int) -> bytes | None:
         k = (key_bytes, last_modified)
-        page = self._pages.get(k)
-        if page is None:
-            self.misses += 1
-            return None
-        self._pages.move_to_end(k)
-        self.hits += 1
-        return page
+        with self._lock:
+            page = self._pages.get(k)
+            if page is None:
+                self.misses += 1
+                return None
+            self._pages.move_to_end(k)
+            self.hits += 1
+            return page
 
     def put(self, key_bytes: bytes, last_modified: int, page: bytes) -> None:
         if self.capacity <= 0:
             return
-        self._pages[(key_bytes, last_modified)] = page
-        if len(self._pages) > self.capacity:
-            self._pages.popitem(last=False)
+        with self._lock:
+            self._pages[(key_bytes, last_modified)] = page
+            if len(self._pages) > self.capacity:
+                self._pages.popitem(last=False)
 
     def clear(self) -> None:
-        self._pages.clear()
+        with self._lock:
+            self._pages.clear()
 
 
 def is_rel_size_key(kb: bytes) -> bool:
@@ -352,27 +369,36 @@ class TimelineReader:
     # ------------------------------------------------------------------ pages
     async def pages(self, keys: list[Key], lsn: Lsn) -> list[bytes]:
         """Pages of ``keys`` as of ``lsn``; one redo batch for all that need redo."""
-        out: list[bytes | None] = [None] * len(keys)
-        todo: list[tuple[int, ValueChain]] = []
         if self.offload:
-            chains = await asyncio.to_thread(lambda: [self.chain(k, lsn) for k in keys])
+            found = await asyncio.to_thread(self.look_up_pages, keys, lsn)
         else:
-            chains = [self.chain(k, lsn) for k in keys]
-        for i, chain in enumerate(chains):
+            found = self.look_up_pages(keys, lsn)
+        return await self.finish_pages(found, lsn)
+
+    def look_up_pages(self, keys: list[Key], lsn: Lsn) -> FoundPages:
+        """The synchronous half of ``pages`` (any thread): every key's versions; the
+        pages that need no redo (images, cached pages) are done."""
+        found = FoundPages([None] * len(keys), [])
+        for i, chain in enumerate(self.view.chains(keys, lsn)):
             if not chain.found:
                 raise NotFound(f"Not found: no version of key {keys[i]} at or below {lsn}")
             if not chain.records:
                 assert chain.image is not None
-                out[i] = chain.image  # an image needs no redo (and no cache)
+                found.pages[i] = chain.image  # an image needs no redo (and no cache)
                 continue
             cached = self.cache.get(chain.key.to_bytes(), int(chain.records[-1][0]))
             if cached is not None:
-                out[i] = cached
+                found.pages[i] = cached
             else:
-                todo.append((i, chain))
-        if todo:
-            results = await self._redo([c for _, c in todo])
-            for (i, chain), result in zip(todo, results, strict=True):
+                found.todo.append((i, chain))
+        return found
+
+    async def finish_pages(self, found: FoundPages, lsn: Lsn) -> list[bytes]:
+        """The asynchronous half of ``pages`` (on the event loop): the redo."""
+        out = found.pages
+        if found.todo:
+            results = await self._redo([c for _, c in found.todo])
+            for (i, chain), result in zip(found.todo, results, strict=True):
                 if isinstance(result, Exception):
                     lsns = [str(lsn_) for lsn_, _ in chain.records]
                     log.warning("redo of key %s at %s failed: %s (base image at %s, %d records: "

@@ -1,89 +1,179 @@
 """The redo service process: gRPC ``pagestore.redo.v1.Redo``.
 
 A thin adapter around pagestore.redo.apply.reconstruct (the same library tests and
-benchmarks call in-process).  Redo is CPU work: it runs in a worker thread so the event
-loop keeps answering health checks; the service is its own process so it never competes
-with page reads for the GIL.  Each request of a batch succeeds or fails on its own.
+benchmarks call in-process).  Redo is CPU work, and Python's runs under one GIL per
+process, so the service applies it in worker processes (``RedoPool``): a batch with at
+least ``redo.parallel_min_records`` WAL records is split into one slice per worker
+(``redo.processes``, default one per core), a smaller one is redone in a worker thread
+of the service process, where no hand-off is paid; either way the event loop keeps
+answering health checks.  Each request of a batch succeeds or fails on its own; the
+``redo-apply`` failpoint fires in the service process, before a request is handed to a
+worker, so it works whichever process would redo it.  A worker that dies fails the
+requests it held (INTERNAL, "redo worker died"), the pool is started again, and the
+death is logged once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import multiprocessing
+import os
 import sys
+from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
-import grpc
-
 from pagestore import failpoints
-from pagestore.errors import BadRequest, PagestoreError
-from pagestore.keys import Key
-from pagestore.layers.layermap import ValueChain
-from pagestore.lsn import Lsn
+from pagestore.errors import PagestoreError
 from pagestore.proto import redo_pb2, redo_pb2_grpc
-from pagestore.redo.apply import reconstruct
-from pagestore.redo.context import RedoContext
 from pagestore.service import ServiceContext, run_service
+from services.redo.worker import INTERNAL, redo_batch, redo_batch_bytes, redo_one, worker_init
 
 if TYPE_CHECKING:
+    import grpc
     Context = grpc.aio.ServicerContext[Any, Any]
 
 
 log = logging.getLogger(__name__)
 
 
-def redo_one(req: redo_pb2.RedoRequest) -> bytes:
-    failpoints.check("redo-apply")
-    try:
-        key = Key.from_bytes(req.key)
-    except ValueError as e:
-        raise BadRequest(f"key: {e}") from None
-    if not req.HasField("base_image") and not req.records:
-        raise BadRequest(f"nothing to redo for key {key}: no base image and no records")
-    if req.HasField("base_image") and len(req.base_image) != 8192 and key.is_rel_block():
-        raise BadRequest(f"base image of key {key} is {len(req.base_image)} bytes, not 8192")
-    prev = 0
-    for r in req.records:
-        if r.lsn < prev:
-            raise BadRequest(f"records of key {key} are not in LSN order ({Lsn(r.lsn)} after "
-                             f"{Lsn(prev)})")
-        prev = r.lsn
-    chain = ValueChain(key, Lsn(req.lsn),
-                       image=req.base_image if req.HasField("base_image") else None,
-                       records=[(Lsn(r.lsn), r.value) for r in req.records])
-    page = reconstruct(RedoContext(req.data_checksums, req.wal_log_hints), chain)
-    if page is None:
-        raise BadRequest(f"key {key}: the records do not create the page and there is no base image")
-    return page
+def _records(reqs: list[redo_pb2.RedoRequest]) -> int:
+    return sum(len(r.records) for r in reqs)
 
 
-def redo_batch(reqs: list[redo_pb2.RedoRequest]) -> redo_pb2.RedoBatchResponse:
-    out = redo_pb2.RedoBatchResponse()
-    for req in reqs:
+def split_evenly(reqs: list[redo_pb2.RedoRequest], parts: int) -> list[list[redo_pb2.RedoRequest]]:
+    """Contiguous slices with about the same number of WAL records each (none empty)."""
+    total = max(1, _records(reqs) + len(reqs))
+    slices: list[list[redo_pb2.RedoRequest]] = []
+    current: list[redo_pb2.RedoRequest] = []
+    done = 0
+    for i, r in enumerate(reqs):
+        current.append(r)
+        done += len(r.records) + 1
+        left = len(reqs) - i - 1
+        wanted = parts - len(slices) - 1  # slices still to fill after this one
+        if wanted and left >= wanted and done * parts >= total * (len(slices) + 1):
+            slices.append(current)
+            current = []
+    if current:
+        slices.append(current)
+    return slices
+
+
+class RedoPool:
+    """The service's redo workers (see the module docstring)."""
+
+    def __init__(self, processes: int, parallel_min_records: int) -> None:
+        self.processes = processes if processes > 0 else (os.cpu_count() or 1)
+        self.parallel_min_records = parallel_min_records
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self.worker_deaths = 0
+        self.batches_in_workers = 0
+        self.batches_in_service = 0
+
+    def start(self) -> None:
+        if self.processes > 1 and self._pool is None:
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                self.processes, mp_context=multiprocessing.get_context("spawn"),
+                initializer=worker_init)
+            # Start every worker now, not on the first read's clock.
+            list(self._pool.map(_records, [[]] * self.processes))
+
+    def stop(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    async def run(self, reqs: list[redo_pb2.RedoRequest]) -> redo_pb2.RedoBatchResponse:
+        results: list[redo_pb2.RedoResult | None] = [None] * len(reqs)
+        todo: list[int] = []
+        for i in range(len(reqs)):
+            try:
+                failpoints.check("redo-apply")
+                todo.append(i)
+            except PagestoreError as e:
+                results[i] = redo_pb2.RedoResult(grpc_code=e.grpc_code.value[0], error=e.message)
+            except Exception as e:  # FailpointError: as a bug in that request's redo would
+                results[i] = redo_pb2.RedoResult(
+                    grpc_code=INTERNAL, error=f"internal error in redo: {type(e).__name__}: {e}")
+        work = [reqs[i] for i in todo]
+        if work:
+            for i, res in zip(todo, await self._redo(work), strict=True):
+                results[i] = res
+        return redo_pb2.RedoBatchResponse(results=[r for r in results if r is not None])
+
+    async def _redo(self, reqs: list[redo_pb2.RedoRequest]) -> list[redo_pb2.RedoResult]:
+        if self._pool is None or len(reqs) < 2 or _records(reqs) < self.parallel_min_records:
+            self.batches_in_service += 1
+            return list((await asyncio.to_thread(redo_batch, reqs)).results)
+        loop = asyncio.get_running_loop()
+        slices = split_evenly(reqs, self.processes)
+        payloads = [redo_pb2.RedoBatchRequest(requests=s).SerializeToString() for s in slices]
+        pool = self._pool
         try:
-            out.results.append(redo_pb2.RedoResult(page=redo_one(req)))
-        except PagestoreError as e:
-            out.results.append(redo_pb2.RedoResult(grpc_code=e.grpc_code.value[0], error=e.message))
-        except Exception as e:  # a bug in one request's redo fails that request alone
-            log.exception("redo of one request failed unexpectedly")
-            out.results.append(redo_pb2.RedoResult(
-                grpc_code=grpc.StatusCode.INTERNAL.value[0],
-                error=f"internal error in redo: {type(e).__name__}: {e}"))
-    return out
+            futures = [loop.run_in_executor(pool, redo_batch_bytes, p) for p in payloads]
+        except BrokenProcessPool:
+            # A worker died while idle: nothing was handed to it; start again and retry.
+            await self._restart(pool)
+            pool = self._pool
+            if pool is None:
+                return list((await asyncio.to_thread(redo_batch, reqs)).results)
+            futures = [loop.run_in_executor(pool, redo_batch_bytes, p) for p in payloads]
+        self.batches_in_workers += 1
+        out: list[redo_pb2.RedoResult] = []
+        broken = False
+        for s, answer in zip(slices, await asyncio.gather(*futures, return_exceptions=True),
+                             strict=True):
+            if isinstance(answer, bytes):
+                out.extend(redo_pb2.RedoBatchResponse.FromString(answer).results)
+                continue
+            if not isinstance(answer, Exception):
+                raise answer
+            broken = broken or isinstance(answer, BrokenProcessPool)
+            out.extend(redo_pb2.RedoResult(
+                grpc_code=INTERNAL, error=f"redo worker died: {type(answer).__name__}: {answer}")
+                for _ in s)
+        if broken:
+            await self._restart(pool)
+        return out
+
+    async def _restart(self, broken: concurrent.futures.ProcessPoolExecutor) -> None:
+        if self._pool is not broken:
+            return  # another batch restarted it already
+        self.worker_deaths += 1
+        log.error("a redo worker process died (%d so far); the requests it held failed; "
+                  "starting the workers again", self.worker_deaths)
+        self.stop()
+        await asyncio.to_thread(self.start)
 
 
 class RedoServicer(redo_pb2_grpc.RedoServicer):
+    def __init__(self, pool: RedoPool) -> None:
+        self.pool = pool
+
     async def Redo(self, request: redo_pb2.RedoRequest,
                    context: Context) -> redo_pb2.RedoResponse:
+        failpoints.check("redo-apply")
         return redo_pb2.RedoResponse(page=await asyncio.to_thread(redo_one, request))
 
     async def RedoBatch(self, request: redo_pb2.RedoBatchRequest,
                         context: Context) -> redo_pb2.RedoBatchResponse:
-        return await asyncio.to_thread(redo_batch, list(request.requests))
+        return await self.pool.run(list(request.requests))
 
 
 async def setup(ctx: ServiceContext) -> None:
-    redo_pb2_grpc.add_RedoServicer_to_server(RedoServicer(), ctx.grpc.server)
+    cfg = ctx.config.redo
+    pool = RedoPool(cfg.processes, cfg.parallel_min_records)
+    await asyncio.to_thread(pool.start)
+    log.info("redo processes=%d parallel_min_records=%d", pool.processes,
+             pool.parallel_min_records)
+    redo_pb2_grpc.add_RedoServicer_to_server(RedoServicer(pool), ctx.grpc.server)
+
+    async def stop() -> None:
+        pool.stop()
+
+    ctx.grpc.on_shutdown.append(stop)
 
 
 def main() -> int:

@@ -324,14 +324,15 @@ def test_ingest_grpc_api(stack: StackRunner, pg_factory) -> None:
         primary.psql("INSERT INTO t SELECT g, 'x' FROM generate_series(1, 10) g")
         seen = []
         for batch in stream:
-            for kv in batch.values:
-                assert lo.to_bytes() <= kv.key < hi.to_bytes()
-                assert kv.will_init == values.will_init(kv.value)
-                seen.append(kv)
+            assert not batch.values  # ingest sends them packed
+            for kb, _lsn, value in values.unpack_values(batch.packed_values):
+                assert lo.to_bytes() <= kb < hi.to_bytes()
+                assert value
+                seen.append(kb)
             if seen:
                 break
         stream.cancel()
-        assert keys.Key.from_bytes(seen[0].key).rel_tag().relnode == relnode
+        assert keys.Key.from_bytes(seen[0]).rel_tag().relnode == relnode
 
         # Errors: below disk_consistent_lsn, and unknown timelines.
         try:

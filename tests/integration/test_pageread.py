@@ -3,12 +3,15 @@ segments of a live timeline equal the primary's, and bad requests get their stat
 
 from __future__ import annotations
 
+import io
+import tarfile
+
 import grpc
 
 from pagestore.lsn import Lsn
 from pagestore.pg.rmgr import RmgrId
 from pagestore.proto import page_service_pb2 as pb
-from pagestore.proto import page_service_pb2_grpc
+from pagestore.proto import page_service_pb2_grpc, pageread_pb2, pageread_pb2_grpc
 from pagestore.redo import masking
 from tests.fixtures.stack import StackRunner
 from tests.fixtures.util import wait_until
@@ -98,6 +101,19 @@ def test_pages_sizes_and_errors(stack: StackRunner, pg_factory) -> None:
         dbsize = stub.GetDbSize(pb.GetDbSizeRequest(read_lsn=read_lsn, db_oid=db),
                                 metadata=md, timeout=30).num_bytes
         assert dbsize == sum(fork_blocks.values()) * 8192
+        # Backups: page_api's GetBaseBackup in chunks of at most 256 KiB (Neon's contract),
+        # GetFullBackup in bigger ones; each a whole tar holding the relation files.
+        base_chunks = [c.chunk for c in stub.GetBaseBackup(pb.GetBaseBackupRequest(
+            lsn=int(end), compression=pb.BASE_BACKUP_COMPRESSION_NONE), metadata=md,
+            timeout=120)]
+        assert max(len(c) for c in base_chunks) <= 256 * 1024 < sum(len(c) for c in base_chunks)
+        extras = pageread_pb2_grpc.PageReadExtrasStub(ch)
+        full_chunks = [c.chunk for c in extras.GetFullBackup(
+            pageread_pb2.GetFullBackupRequest(lsn=int(end)), metadata=md, timeout=120)]
+        assert 256 * 1024 < max(len(c) for c in full_chunks) <= 1024 * 1024
+        with tarfile.open(fileobj=io.BytesIO(b"".join(full_chunks))) as tar:
+            accounts = tar.getmember(rels["pgbench_accounts"][2])
+            assert accounts.size == rels["pgbench_accounts"][1] * 8192
 
         # Per-request errors come back as status codes; the stream goes on.
         rel = pb.RelTag(spc_oid=1663, db_oid=db, rel_number=rels["pgbench_branches"][0])

@@ -103,3 +103,20 @@ def test_resolved_ports_are_distinct(monkeypatch: pytest.MonkeyPatch) -> None:
     assert stack._with_port("127.0.0.1:6000", taken) == "127.0.0.1:6000"
     with pytest.raises(stack.StackError, match="port 6000 is configured for two services"):
         stack._with_port("127.0.0.1:6000", taken)
+
+
+def test_event_loop_choice() -> None:
+    import asyncio
+
+    import uvloop
+
+    from pagestore.errors import PagestoreError
+    from pagestore.service import _loop_factory
+
+    assert load_config(None, []).event_loop == "uvloop"
+    assert _loop_factory("uvloop") is uvloop.new_event_loop
+    assert _loop_factory("asyncio") is None
+    with asyncio.Runner(loop_factory=_loop_factory("uvloop")) as runner:
+        assert type(runner.get_loop()).__module__.startswith("uvloop")
+    with pytest.raises(PagestoreError, match="event_loop must be 'asyncio' or 'uvloop'"):
+        _loop_factory("trio")

@@ -321,3 +321,69 @@ def _model_chain(hist: list[tuple[int, bytes]], at: int) -> list[tuple[int, byte
         if values.will_init(v):
             return below[i:]
     return below
+
+
+# ------------------------------------------------------------------------- many keys
+
+def _fields(chain) -> tuple:  # type: ignore[no-untyped-def]
+    return (chain.key, chain.lsn, chain.image, chain.image_lsn,
+            [(int(x), v) for x, v in chain.records], chain.settled)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_get_many_reads_as_get_does(tmp_path: Path, seed: int) -> None:
+    """Random layer maps (L0s, L1 partitions, image layers of random ranges, an in-memory
+    source above them): get_many of dense runs, sparse sets and shuffled keys gives
+    exactly the chains get gives key by key; a dense run opens fewer files."""
+    rng = random.Random(1000 + seed)
+    keys = [rel_block_key(REL, b) for b in range(40)]
+    alive = [k for k in keys if rng.random() < 0.85]
+    layers = [image(tmp_path, {k: img(f"base-{k}") for k in alive}, 0x100)]
+    lsn = 0x101
+    entries: list[tuple[Key, int, bytes]] = []
+    for flush in range(rng.randint(3, 8)):
+        start = lsn
+        batch = []
+        for _ in range(rng.randint(5, 60)):
+            lsn += rng.randint(1, 6)
+            batch.append((rng.choice(keys), lsn, rec(f"{lsn:x}", init=rng.random() < 0.1)))
+        lsn += 1
+        if flush % 3 == 2:  # an L1 partition pair over this flush's range
+            mid = keys[rng.randint(1, len(keys) - 1)]
+            for ks, ke in ((KEY_MIN, mid), (mid, KEY_MAX)):
+                part = [e for e in batch if ks.to_bytes() <= e[0].to_bytes() < ke.to_bytes()]
+                layers.append(delta(tmp_path, part, start, lsn, keys=(ks, ke), level=LEVEL_L1))
+        else:
+            layers.append(delta(tmp_path, batch, start, lsn))
+        entries += batch
+        if rng.random() < 0.5:
+            a, b = sorted(rng.sample(range(len(keys)), 2))
+            layers.append(image(tmp_path, {k: img(f"i-{k}-{lsn:x}") for k in keys[a:b]
+                                           if rng.random() < 0.9}, lsn - 1,
+                                keys=(keys[a], keys[b])))
+    mem = InMemoryLayer(Lsn(lsn + 1))
+    for _ in range(rng.randint(0, 30)):
+        lsn += rng.randint(1, 4)
+        mem.put(rng.choice(keys), Lsn(lsn), rec(f"m{lsn:x}", init=rng.random() < 0.1))
+    m = CountingMap(tmp_path, layers)
+    for case in range(80):
+        at = Lsn(rng.randint(0x100, lsn))
+        kind = case % 3
+        if kind == 0:  # a dense run, as a full backup reads
+            a = rng.randrange(len(keys) - 4)
+            subset = keys[a:rng.randint(a + 4, len(keys))]
+        elif kind == 1:  # sparse
+            subset = sorted(rng.sample(keys, 6), key=Key.to_bytes)
+        else:  # dense but out of order
+            a = rng.randrange(len(keys) - 8)
+            subset = keys[a:a + 8]
+            rng.shuffle(subset)
+        src = [mem] if rng.random() < 0.6 else []
+        m.visited.clear()
+        many = m.get_many(subset, at, src)
+        many_reads = len(m.visited)
+        m.visited.clear()
+        one_by_one = [m.get(k, at, src) for k in subset]
+        assert [_fields(c) for c in many] == [_fields(c) for c in one_by_one], (seed, case)
+        if kind == 0 and len(subset) >= 8:
+            assert many_reads < len(m.visited)  # files opened per run, not per key

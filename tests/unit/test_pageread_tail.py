@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pagestore import metadata, values
-from pagestore.errors import NotFound
+from pagestore.errors import CorruptionError, NotFound
 from pagestore.ids import TenantId, TimelineId
 from pagestore.keys import ForkNumber, RelTag, rel_block_key, rel_dir_key, rel_size_key
 from pagestore.layers.desc import LayerDesc
@@ -193,3 +193,14 @@ def test_pages_needing_redo_are_cached_by_their_newest_version() -> None:
     # An image alone never goes to redo.
     assert asyncio.run(read(0x150)) == bytes(8192)
     assert redone == [0x200, 0x350]
+
+
+def test_packed_values_round_trip_and_refuse_truncation() -> None:
+    batch = [(K, 0x100, values.image(bytes(8192))), (rel_size_key(RelTag(1663, 5, 1)).to_bytes(),
+             (1 << 63) + 5, b""), (K, 0x200, values.pg_record(b"r" * 70, 3, True))]
+    packed = values.pack_values(batch)
+    assert values.unpack_values(packed) == batch
+    assert values.unpack_values(b"") == []
+    for cut in (1, 18 + 12 - 1, len(packed) - 1):
+        with pytest.raises(CorruptionError, match="packed values"):
+            values.unpack_values(packed[:cut])

@@ -75,7 +75,7 @@ class BuildExtOptional(build_ext):
                   file=sys.stderr)
 
 
-WALCORE = Extension("pagestore.pg._walcore", ["pagestore/pg/_walcore.c"],
+WALCORE = Extension("pagestore.pg._walcore", ["pagestore/pg/_walcore.c"], optional=True,
                     extra_compile_args=["-O2", "-std=c11"])
 
 setup(cmdclass={"build_py": BuildPyWithStubs, "build_ext": BuildExtOptional},

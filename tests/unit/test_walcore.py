@@ -245,3 +245,34 @@ def test_the_environment_variable_switches_the_core_off(env: str, expected: str)
         [sys.executable, "-m", "pagestore.cli", "--version"], capture_output=True, text=True,
         env={**os.environ, xlogrecord.PURE_PYTHON_ENV: env}, timeout=60, check=True)
     assert proc.stdout.strip().endswith(f"WAL decoder: {expected})"), proc.stdout
+
+
+def test_without_a_compiler_the_build_warns_and_pagestore_falls_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """setup.py with no working C compiler: a clear warning, a successful build without
+    the extension, and pagestore running its pure-Python decoder."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(root / name, tmp_path / name)
+    shutil.copytree(root / "protos", tmp_path / "protos")
+    shutil.copytree(root / "pagestore", tmp_path / "pagestore",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    proc = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CC": str(tmp_path / "no-such-compiler")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "could not build pagestore.pg._walcore" in proc.stderr
+    assert "pure-Python WAL decoder" in proc.stderr
+    assert not list((tmp_path / "pagestore" / "pg").glob("_walcore*.so"))
+    check = subprocess.run(
+        [sys.executable, "-c", "import pagestore.pg.xlogrecord as x; "
+         "print(x.__file__, x.decoder_implementation())"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert check.stdout.split() == [str(tmp_path / "pagestore" / "pg" / "xlogrecord.py"),
+                                    "pure-python"], check.stderr

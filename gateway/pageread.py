@@ -270,6 +270,7 @@ class GetPagesStream:
         self._rels: dict[tuple[bytes, int, int], tuple[pb.ReadLsn, RelTag]] = {}
         self._flush_scheduled = False
         self._sending: set[asyncio.Future[None]] = set()
+        self._closed = False
         self.calls = 0  # GetPageRequests sent
         self.blocks = 0  # blocks asked for in them
         self.asked = 0  # blocks callers asked for
@@ -335,6 +336,10 @@ class GetPagesStream:
         else:
             whole.add_done_callback(lambda f: _hand_out(f, blocks, members))
         async with self._write_lock:
+            if self._closed:  # the last connection left while this waited
+                if not whole.done():
+                    whole.set_exception(Unavailable("the GetPages stream was closed"))
+                return
             stream = self._open()
             request_id = next(self._ids)
             stream.pending[request_id] = (whole, len(blocks))
@@ -354,11 +359,12 @@ class GetPagesStream:
             whole.set_exception(stream.failed)
 
     async def close(self) -> None:
+        self._closed = True  # no write opens a new call from here on
+        for task in list(self._sending):
+            task.cancel()
         if self._stream is not None:
             await self._stream.close()
             self._stream = None
-        for task in list(self._sending):
-            task.cancel()
 
 
 def _hand_out(whole: asyncio.Future[list[bytes]], blocks: list[int],

@@ -119,8 +119,7 @@ class Pagestream:
         self.max_batch = max(1, min(MAX_BATCH, max_batch))
         # The timeline's shared GetPages stream (or, without a registry, one of its own).
         self._streams = streams
-        self.stream = (streams.acquire(client.tenant, client.timeline, client.shard)
-                       if streams is not None else GetPagesStream(client, self.max_batch))
+        self.stream: GetPagesStream  # taken in run(), given back when it ends
         self.calls = 0   # GetPageRequests this connection sent
         self.blocks = 0  # blocks asked for in them
         self._slots: asyncio.Queue[asyncio.Future[bytes]] = asyncio.Queue(MAX_IN_FLIGHT)
@@ -131,6 +130,10 @@ class Pagestream:
     async def run(self) -> Outcome:
         self.conn.write(wire.copy_both_response())
         await self.conn.flush()
+        # From here to the try: no await, so the stream taken is always given back.
+        client, streams = self.client, self._streams
+        self.stream = (streams.acquire(client.tenant, client.timeline, client.shard)
+                       if streams is not None else GetPagesStream(client, self.max_batch))
         reader = asyncio.create_task(self._read_requests())
         writer = asyncio.create_task(self._write_responses())
         try:

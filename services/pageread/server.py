@@ -115,20 +115,26 @@ class PageService(page_service_pb2_grpc.PageServiceServicer):
             async for resp in self._get_pages_as_they_finish(r, request_iterator):
                 yield resp
             return
-        in_flight: asyncio.Queue[asyncio.Task[pb.GetPageResponse] | None] = asyncio.Queue(
-            MAX_IN_FLIGHT)
+        # A slot is taken before a request's task exists and given back once its answer
+        # is yielded: at most MAX_IN_FLIGHT requests served or answers held at a time.
+        slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        in_flight: asyncio.Queue[asyncio.Task[pb.GetPageResponse] | None] = asyncio.Queue()
 
         async def read_requests() -> None:
             try:
                 async for req in request_iterator:
-                    await in_flight.put(asyncio.ensure_future(self._get_page(r, req)))
+                    await slots.acquire()
+                    in_flight.put_nowait(asyncio.ensure_future(self._get_page(r, req)))
             finally:
-                await in_flight.put(None)
+                in_flight.put_nowait(None)
 
         reader = asyncio.create_task(read_requests())
         try:
             while (task := await in_flight.get()) is not None:
-                yield await task
+                try:
+                    yield await task
+                finally:
+                    slots.release()
             await reader  # the client's stream ended; raise what ended it, if anything
         finally:
             reader.cancel()
@@ -147,14 +153,14 @@ class PageService(page_service_pb2_grpc.PageServiceServicer):
         serving: set[asyncio.Task[None]] = set()
 
         async def serve(req: pb.GetPageRequest) -> None:
+            # The slot is given back once the answer is yielded (below): answers waiting
+            # for a slow reader count against MAX_IN_FLIGHT too.
             try:
                 finished.put_nowait(await self._get_page(r, req))
             except BaseException as e:  # not the request's: ends the stream
                 finished.put_nowait(e)
                 if isinstance(e, asyncio.CancelledError):
                     raise
-            finally:
-                slots.release()
 
         async def read_requests() -> None:
             try:
@@ -175,7 +181,10 @@ class PageService(page_service_pb2_grpc.PageServiceServicer):
             while (item := await finished.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                yield item
+                try:
+                    yield item
+                finally:
+                    slots.release()
         finally:
             reader.cancel()
             for task in list(serving):

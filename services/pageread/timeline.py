@@ -97,6 +97,13 @@ class RecentTail:
         """Moves forward only (and wakes the readers waiting for it)."""
         self.progress.advance(lsn)
 
+    @property
+    def received_lsn(self) -> int:
+        """The newest LSN of any value received (at least last_record_lsn)."""
+        chunks = self.chunks
+        newest = chunks[-1].max_lsn if chunks else 0
+        return max(int(self.progress.lsn), newest)
+
     def add(self, values: list[tuple[bytes, int, bytes]]) -> int:
         """Add values newer than last_record_lsn (older ones are held already); returns
         how many were added."""
@@ -184,17 +191,20 @@ _NO_RELNODE = bytes(4)
 class RelSizeCache:
     """Relation sizes at the latest LSN, as Neon's pageserver keeps them.
 
-    An entry (nblocks, version LSN) is stored when a size was read at or above the
-    timeline's last record LSN; it answers any read at an LSN at or above that version,
-    because every newer size version arrives through the tail first and ``invalidate``
-    drops the entry then.  Reads below the version LSN, and of relations not cached, look
-    the size up.  ``generation`` counts invalidations: a lookup that raced one (it ran in a
-    worker thread while the tail moved) does not store its answer."""
+    An entry (nblocks, version LSN) is stored when a size was read at or above every LSN
+    the tail has received; it answers any read at an LSN at or above that version, because
+    a newer size version can reach pageread only two ways, and both drop entries: through
+    the tail (``invalidate`` of that key) or through layer files that move the timeline
+    past what the tail held (a follower that left a full tail or lost ingest: ``clear``).
+    Reads below the version LSN, and of relations not cached, look the size up.
+    ``generation`` counts invalidations: a lookup that raced one (it ran in a worker
+    thread while the tail moved) does not store its answer."""
 
     MAX_ENTRIES = 1_000_000
 
     def __init__(self) -> None:
         self._sizes: dict[bytes, tuple[int, int]] = {}
+        self._lock = threading.Lock()
         self.generation = 0
         self.hits = self.misses = 0
 
@@ -207,15 +217,22 @@ class RelSizeCache:
         return entry[0]
 
     def put(self, size_key: bytes, nblocks: int, version_lsn: int, generation: int) -> None:
-        if generation != self.generation:
-            return
-        if len(self._sizes) >= self.MAX_ENTRIES:
-            self._sizes.clear()
-        self._sizes[size_key] = (nblocks, version_lsn)
+        with self._lock:
+            if generation != self.generation:
+                return
+            if len(self._sizes) >= self.MAX_ENTRIES:
+                self._sizes.clear()
+            self._sizes[size_key] = (nblocks, version_lsn)
 
     def invalidate(self, size_key: bytes) -> None:
-        self.generation += 1
-        self._sizes.pop(size_key, None)
+        with self._lock:
+            self.generation += 1
+            self._sizes.pop(size_key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self.generation += 1
+            self._sizes.clear()
 
 
 class TimelineReader:
@@ -280,7 +297,10 @@ class TimelineReader:
         if cached is not None:
             return cached
         generation = self.sizes.generation
-        at_latest = lsn >= self.tail.last_record_lsn
+        # At or above everything received, not only last_record_lsn: values are added to
+        # the tail before last_record_lsn moves, and a read in a worker thread may run in
+        # between (then a newer size may already sit in the tail above its LSN).
+        at_latest = lsn >= self.tail.received_lsn
         nblocks, version = self.view.rel_size_version(rel, lsn)
         if at_latest and version is not None:
             self.sizes.put(kb, nblocks, int(version), generation)
@@ -330,6 +350,10 @@ class TimelineReader:
             return False
         self.layers_version = version
         self.layers_disk_consistent_lsn = disk_consistent_lsn
+        if disk_consistent_lsn > self.tail.received_lsn:
+            # The layers hold WAL the tail never saw (its follower left a full tail or
+            # lost ingest): size versions in it passed no invalidate.
+            self.sizes.clear()
         self.tail.drop_through(disk_consistent_lsn)
         self.tail.last_record_lsn = disk_consistent_lsn
         self.layers_changed.set()

@@ -8,9 +8,9 @@ least ``redo.parallel_min_records`` WAL records is split into one slice per work
 of the service process, where no hand-off is paid; either way the event loop keeps
 answering health checks.  Each request of a batch succeeds or fails on its own; the
 ``redo-apply`` failpoint fires in the service process, before a request is handed to a
-worker, so it works whichever process would redo it.  A worker that dies fails the
-requests it held (INTERNAL, "redo worker died"), the pool is started again, and the
-death is logged once.
+worker, so it works whichever process would redo it.  A worker that dies breaks the
+pool: every request the workers held then fails (INTERNAL, "redo worker died"; not
+retried, it may be the cause), the pool is started again, and the death is logged once.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ class RedoPool:
         self.processes = processes if processes > 0 else (os.cpu_count() or 1)
         self.parallel_min_records = parallel_min_records
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._restarting = asyncio.Lock()
         self.worker_deaths = 0
         self.batches_in_workers = 0
         self.batches_in_service = 0
@@ -81,16 +82,19 @@ class RedoPool:
             list(self._pool.map(_records, [[]] * self.processes))
 
     def stop(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        """Stop the workers and wait for them to exit (blocking: run it in a thread).  A
+        worker left running while the service exits would find its pipes closed and die
+        with a traceback."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     async def run(self, reqs: list[redo_pb2.RedoRequest]) -> redo_pb2.RedoBatchResponse:
         results: list[redo_pb2.RedoResult | None] = [None] * len(reqs)
         todo: list[int] = []
         for i in range(len(reqs)):
             try:
-                failpoints.check("redo-apply")
+                await failpoints.acheck("redo-apply")  # sleep/pause must not stall the loop
                 todo.append(i)
             except PagestoreError as e:
                 results[i] = redo_pb2.RedoResult(grpc_code=e.grpc_code.value[0], error=e.message)
@@ -139,13 +143,14 @@ class RedoPool:
         return out
 
     async def _restart(self, broken: concurrent.futures.ProcessPoolExecutor) -> None:
-        if self._pool is not broken:
-            return  # another batch restarted it already
-        self.worker_deaths += 1
-        log.error("a redo worker process died (%d so far); the requests it held failed; "
-                  "starting the workers again", self.worker_deaths)
-        self.stop()
-        await asyncio.to_thread(self.start)
+        async with self._restarting:
+            if self._pool is not broken:
+                return  # another batch restarted it already
+            self.worker_deaths += 1
+            log.error("a redo worker process died (%d so far); the requests the workers "
+                      "held failed; starting the workers again", self.worker_deaths)
+            await asyncio.to_thread(self.stop)
+            await asyncio.to_thread(self.start)
 
 
 class RedoServicer(redo_pb2_grpc.RedoServicer):
@@ -154,7 +159,7 @@ class RedoServicer(redo_pb2_grpc.RedoServicer):
 
     async def Redo(self, request: redo_pb2.RedoRequest,
                    context: Context) -> redo_pb2.RedoResponse:
-        failpoints.check("redo-apply")
+        await failpoints.acheck("redo-apply")
         return redo_pb2.RedoResponse(page=await asyncio.to_thread(redo_one, request))
 
     async def RedoBatch(self, request: redo_pb2.RedoBatchRequest,
@@ -171,7 +176,7 @@ async def setup(ctx: ServiceContext) -> None:
     redo_pb2_grpc.add_RedoServicer_to_server(RedoServicer(pool), ctx.grpc.server)
 
     async def stop() -> None:
-        pool.stop()
+        await asyncio.to_thread(pool.stop)
 
     ctx.grpc.on_shutdown.append(stop)
 

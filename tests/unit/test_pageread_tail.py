@@ -204,3 +204,23 @@ def test_packed_values_round_trip_and_refuse_truncation() -> None:
     for cut in (1, 18 + 12 - 1, len(packed) - 1):
         with pytest.raises(CorruptionError, match="packed values"):
             values.unpack_values(packed[:cut])
+
+
+def test_relation_sizes_are_not_cached_past_what_the_tail_saw() -> None:
+    """Two ways a newer size reaches pageread without an invalidate of its key: it sits
+    in the tail above last_record_lsn (added, not yet advanced), or it comes in layer
+    files while the follower was away.  Neither may leave a stale size behind."""
+    r = _reader()
+    rel = RelTag(1663, 5, 16384)
+    sk = rel_size_key(rel).to_bytes()
+    size = values.image(metadata.encode_nblocks(3))
+    r.add_tail([(sk, 0x100, size), (K, 0x250, values.image(bytes(8192)))])
+    r.tail.last_record_lsn = Lsn(0x200)  # 0x250 received, not yet advanced to
+    assert r.rel_size(rel, Lsn(0x200)) == 3
+    assert r.sizes.get(sk, 0x200) is None  # not cached: the tail holds WAL above 0x200
+    r.tail.last_record_lsn = Lsn(0x250)
+    assert r.rel_size(rel, Lsn(0x250)) == 3
+    assert r.sizes.get(sk, 0x250) == 3  # cached now
+    # Layer files move the timeline past what the tail received: every size goes.
+    r.apply_layer_map(1, [_layer("a", 0x101, 0x401)], Lsn(0x400))
+    assert r.sizes.get(sk, 0x400) is None

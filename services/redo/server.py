@@ -21,6 +21,7 @@ import logging
 import multiprocessing
 import os
 import sys
+import time
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger(__name__)
+
+#: How long stopping the pool waits for its workers to exit before killing them.
+STOP_TIMEOUT = 5.0
 
 
 def _records(reqs: list[redo_pb2.RedoRequest]) -> int:
@@ -82,12 +86,24 @@ class RedoPool:
             list(self._pool.map(_records, [[]] * self.processes))
 
     def stop(self) -> None:
-        """Stop the workers and wait for them to exit (blocking: run it in a thread).  A
-        worker left running while the service exits would find its pipes closed and die
-        with a traceback."""
+        """Stop the workers (blocking for at most STOP_TIMEOUT: run it in a thread).
+
+        The workers get the executor's shutdown message and exit; those still there after
+        STOP_TIMEOUT are killed, so none outlives the service to find its pipes closed
+        (a traceback in the log).  ``shutdown(wait=True)`` is not used: after a worker
+        died it can wait forever for the executor's manager thread."""
         pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        if pool is None:
+            return
+        workers = list(getattr(pool, "_processes", {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for proc in workers:
+            proc.join(max(0.0, deadline - time.monotonic()))
+        for proc in workers:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(1.0)
 
     async def run(self, reqs: list[redo_pb2.RedoRequest]) -> redo_pb2.RedoBatchResponse:
         results: list[redo_pb2.RedoResult | None] = [None] * len(reqs)

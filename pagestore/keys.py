@@ -154,6 +154,16 @@ def rel_size_key(rel: RelTag) -> Key:
     return Key(0x00, rel.spcnode, rel.dbnode, rel.relnode, rel.forknum, REL_SIZE_FIELD6)
 
 
+def rel_block_key_bytes(rel: RelTag, blkno: int) -> bytes:
+    """``rel_block_key(rel, blkno).to_bytes()`` without the Key object (hot paths)."""
+    return KEY_STRUCT.pack(0x00, rel.spcnode, rel.dbnode, rel.relnode, rel.forknum, blkno)
+
+
+def rel_size_key_bytes(rel: RelTag) -> bytes:
+    """``rel_size_key(rel).to_bytes()`` without the Key object (hot paths)."""
+    return rel_block_key_bytes(rel, REL_SIZE_FIELD6)
+
+
 def rel_key_range(rel: RelTag) -> tuple[Key, Key]:
     """[first block key, one past the size key) of one relation fork."""
     return (Key(0x00, rel.spcnode, rel.dbnode, rel.relnode, rel.forknum, 0),

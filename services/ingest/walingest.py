@@ -33,7 +33,6 @@ from pagestore import metadata, values
 from pagestore.errors import UnsupportedWalRecord
 from pagestore.keys import (
     BLCKSZ,
-    KEY_STRUCT,
     SLRU_PAGES_PER_SEGMENT,
     ForkNumber,
     Key,
@@ -42,6 +41,7 @@ from pagestore.keys import (
     checkpoint_key,
     dbdir_key,
     rel_block_key,
+    rel_block_key_bytes,
     rel_size_key,
     relmap_key,
     slru_block_key,
@@ -158,12 +158,6 @@ _RM_XLOG, _RM_HEAP, _RM_HEAP2 = int(RmgrId.XLOG), int(RmgrId.HEAP), int(RmgrId.H
 
 #: What ingest produces: (18-byte key, LSN, value).
 Values = list[tuple[bytes, int, bytes]]
-_pack_key = KEY_STRUCT.pack
-
-
-def _block_key(rel: RelTag, blkno: int) -> bytes:
-    """rel_block_key(rel, blkno).to_bytes(), without the Key object."""
-    return _pack_key(0, rel.spcnode, rel.dbnode, rel.relnode, rel.forknum, blkno)
 
 
 @dataclass(slots=True)
@@ -244,7 +238,7 @@ class WalIngest:
             raise UnsupportedWalRecord(
                 f"WAL record at {rec.lsn} (XLOG info {rec.info:#04x}) has block "
                 f"{blk.block_id} without an image to apply")
-        key = _block_key(blk.rel, blk.blkno)
+        key = rel_block_key_bytes(blk.rel, blk.blkno)
         if blk.apply_image:
             page = bytearray(restore_block_image(blk, rec.lsn))
             if PD_UPPER.unpack_from(page, 14)[0] != 0:  # !PageIsNew: redo stamps the LSN
@@ -278,7 +272,7 @@ class WalIngest:
             return
         # Redo extends the file with zero pages up to the block it reads (XLogReadBufferExtended).
         for gap in range(old, nblocks - 1):
-            gkey = _block_key(rel, gap)
+            gkey = rel_block_key_bytes(rel, gap)
             if gkey not in batch.blocks:
                 batch.put_raw(gkey, values.image(ZERO_PAGE))
         st.relsizes[rel] = nblocks

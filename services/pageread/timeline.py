@@ -34,7 +34,7 @@ from pagestore.keys import (
     RelTag,
     SlruKind,
     rel_block_key,
-    rel_size_key,
+    rel_size_key_bytes,
     slru_block_key,
 )
 from pagestore.layers.inmemory import InMemoryLayer
@@ -292,7 +292,7 @@ class TimelineReader:
     def rel_size(self, rel: RelTag, lsn: Lsn, *, allow_missing: bool = False) -> int | None:
         if allow_missing or rel.relnode == 0:
             return self.view.rel_size(rel, lsn, allow_missing=allow_missing)
-        kb = rel_size_key(rel).to_bytes()
+        kb = rel_size_key_bytes(rel)
         cached = self.sizes.get(kb, lsn)
         if cached is not None:
             return cached

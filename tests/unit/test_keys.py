@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pagestore import keys
-from pagestore.keys import KEY_MAX, KEY_MIN, Key, RelTag
+from pagestore.keys import KEY_MAX, KEY_MIN, Key, RelTag, rel_block_key
 
 
 @given(st.lists(st.tuples(st.integers(0, 0x7F), st.integers(0, 2**32 - 1),
@@ -36,3 +36,12 @@ def test_key_space_layout() -> None:
                keys.checkpoint_key()]
     assert ordered == sorted(ordered)
     assert str(RelTag(1663, 5, 16384, 2)) == "1663/5/16384_vm"
+
+
+def test_key_bytes_helpers_equal_the_key_objects() -> None:
+    from pagestore.keys import rel_block_key_bytes, rel_size_key, rel_size_key_bytes
+
+    for rel in (RelTag(1663, 5, 16384, 0), RelTag(0xFFFF_FFFF, 1, 2, 3)):
+        for blk in (0, 1, 0xFFFF_FFFE):
+            assert rel_block_key_bytes(rel, blk) == rel_block_key(rel, blk).to_bytes()
+        assert rel_size_key_bytes(rel) == rel_size_key(rel).to_bytes()

@@ -414,7 +414,8 @@ class Bench:
     def attach(self, pause_compaction: bool) -> None:
         cli(self.workdir, "init", "-c", "catalog.port=0", *[
             x for s in ("ingest", "pageread", "redo", "housekeeping", "gateway")
-            for x in ("-c", f"{s}.listen_addr='127.0.0.1:0'")],
+            for k in ("listen_addr", "listen_http_addr")
+            for x in ("-c", f"{s}.{k}='127.0.0.1:0'")],
             "-c", "gateway.listen_pg_addr='127.0.0.1:0'",
             # A cold page cache for every read: no cache at all (see the docstring).
             "-c", "pageread.page_cache_pages=0",

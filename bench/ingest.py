@@ -150,7 +150,8 @@ class Stack:
     def start(self, *config: str) -> float:
         """Init, start, create a tenant and attach a timeline; the attach's seconds."""
         cli(self.workdir, "init", "-c", "catalog.port=0",
-            *[x for s in SERVICES for x in ("-c", f"{s}.listen_addr='127.0.0.1:0'")],
+            *[x for s in SERVICES for k in ("listen_addr", "listen_http_addr")
+              for x in ("-c", f"{s}.{k}='127.0.0.1:0'")],
             "-c", "gateway.listen_pg_addr='127.0.0.1:0'", *[x for c in config for x in ("-c", c)])
         cli(self.workdir, "start")
         self.tenant = cli(self.workdir, "tenant", "create").strip()

@@ -75,7 +75,8 @@ class Bench:
                   f"endpoint='{self.endpoint}'}}")
         cli(self.workdir, "init", "-c", "catalog.port=0", *[
             x for s in ("ingest", "pageread", "redo", "housekeeping", "gateway")
-            for x in ("-c", f"{s}.listen_addr='127.0.0.1:0'")],
+            for k in ("listen_addr", "listen_http_addr")
+            for x in ("-c", f"{s}.{k}='127.0.0.1:0'")],
             "-c", "gateway.listen_pg_addr='127.0.0.1:0'", "-c", remote,
             "-c", "housekeeping.upload_period='0.5s'", "-c", "pageread.eviction_period='1s'",
             *[x for e in extra for x in ("-c", e)])

@@ -76,7 +76,8 @@ class Bench:
                             "tenant.pitr_interval='0s'", "tenant.gc_horizon=0"])
         cli(self.workdir, "init", "-c", "catalog.port=0", *[
             x for s in ("ingest", "pageread", "redo", "housekeeping", "gateway")
-            for x in ("-c", f"{s}.listen_addr='127.0.0.1:0'")],
+            for k in ("listen_addr", "listen_http_addr")
+            for x in ("-c", f"{s}.{k}='127.0.0.1:0'")],
             "-c", "gateway.listen_pg_addr='127.0.0.1:0'",
             *[x for setting in tenant_settings for x in ("-c", setting)])
         cli(self.workdir, "start")

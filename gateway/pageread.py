@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from pagestore import metrics
 from pagestore.errors import (
     BadRequest,
     LsnTimeout,
@@ -289,6 +290,7 @@ class GetPagesStream:
         """Ask for ``blocks``; the future gets their pages in ``blocks`` order."""
         fut: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
         self.asked += len(blocks)
+        metrics.GATEWAY_BLOCKS_ASKED.inc(len(blocks))
         if not coalesce or len(blocks) >= self.max_batch:
             # The write runs in the stream's own task: a connection that goes away while
             # it waits (cancelled) must not cut a write on the stream others share short
@@ -345,6 +347,8 @@ class GetPagesStream:
             stream.pending[request_id] = (whole, len(blocks))
             self.calls += 1
             self.blocks += len(blocks)
+            metrics.GATEWAY_UPSTREAM_REQUESTS.inc()
+            metrics.GATEWAY_UPSTREAM_BLOCKS.inc(len(blocks))
             try:
                 await stream.call.write(pb.GetPageRequest(
                     request_id=pb.RequestID(id=request_id),

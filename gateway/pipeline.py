@@ -43,10 +43,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from gateway.pageread import GetPagesStream, PageReadClient, SharedGetPagesStreams, read_lsn
+from pagestore import metrics
 from pagestore.errors import (
     BadRequest,
     LsnTimeout,
@@ -101,6 +104,13 @@ def error_text(err: PagestoreError) -> str:
         prefix = "Read error"
     text = err.message
     return text if text.startswith(prefix) else f"{prefix}: {text}"
+
+
+def _observe_getpage(started: float, fut: asyncio.Future[bytes]) -> None:
+    """A pagestream GetPage is answered (or failed): its latency for /metrics."""
+    metrics.GETPAGE_LATENCY.labels("gateway").observe(time.perf_counter() - started)
+    if not fut.cancelled() and fut.exception() is None:
+        metrics.GETPAGE_PAGES.labels("gateway").inc()
 
 
 def _retry_singly(err: PagestoreError) -> bool:
@@ -220,6 +230,7 @@ class Pagestream:
                         or head.hdr.not_modified_since != req.hdr.not_modified_since):
                     await self._flush_group()
             fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            fut.add_done_callback(functools.partial(_observe_getpage, time.perf_counter()))
             self._group.append((req, fut))
             await self._enqueue(fut)
             return
@@ -279,6 +290,7 @@ class Pagestream:
                       err: PagestoreError) -> None:
         if fut.done():
             return
+        metrics.ERRORS.labels("gateway", type(err).__name__).inc()
         try:
             fut.set_result(self._error_answer(req, err))
         except PagestreamFatal as f:

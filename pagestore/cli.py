@@ -141,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     _timeline_options(p)
     p.add_argument("--force", action="store_true",
                    help="delete even if the slot cannot be dropped (the source is unreachable)")
+    p = lcmds.add_parser("attach-source", parents=[common],
+                         help="stream an existing timeline (a branch, or one whose primary "
+                              "moved) from a new WAL source, after checking its history")
+    _timeline_options(p)
+    p.add_argument("--wal-source", metavar="CONNSTR", required=True,
+                   help="the PostgreSQL started from the timeline (or its new primary)")
+    p.add_argument("--json", action="store_true")
 
     p = cmds.add_parser("waldump", parents=[common],
                         help="decode WAL segment files; one JSON object per record")
@@ -167,6 +174,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", nargs="?", default="return",
                    help="off, return, kill, pause, sleep(MS), optionally N*ACTION "
                         "(default: return)")
+
+    p = cmds.add_parser("restore", parents=[common],
+                        help="write a timeline's full backup at an LSN or a point in time "
+                             "into a new data directory; optionally start PostgreSQL on it")
+    _timeline_options(p)
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--lsn", help="the LSN to restore (X/Y)")
+    target.add_argument("--time", metavar="TIMESTAMP",
+                        help="the point in time to restore: RFC 3339 / ISO 8601 with a time "
+                             "zone (2026-03-04T05:06:07Z); every commit at or before it, "
+                             "none after")
+    p.add_argument("--pgdata", required=True, metavar="DIR",
+                   help="the data directory to create (must be absent or empty)")
+    p.add_argument("--start", action="store_true",
+                   help="start PostgreSQL 15 on it and print its connection string")
+    p.add_argument("--port", type=int,
+                   help="its port (default: a free one with --start, else 5432)")
+    p.add_argument("--user", default="postgres",
+                   help="the role in the printed connection string (default: postgres)")
 
     catalog = cmds.add_parser("catalog", parents=[common], help="the catalog database")
     ccmds = catalog.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
@@ -317,10 +343,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, indent=2))
     else:
-        print(f"{'SERVICE':<13} {'PID':>8} {'PORT':>6}  HEALTH")
+        print(f"{'SERVICE':<13} {'PID':>8} {'PORT':>6} {'HTTP':>6}  HEALTH")
         for name, s in status["services"].items():
             pid = s["pid"] if s["pid"] is not None else "-"
-            print(f"{name:<13} {pid!s:>8} {s['port']!s:>6}  {s['health']}")
+            http = s.get("http_port", "-")
+            print(f"{name:<13} {pid!s:>8} {s['port']!s:>6} {http!s:>6}  {s['health']}")
     healthy = all(s["health"] == "SERVING" for s in status["services"].values())
     return 0 if healthy else 1
 
@@ -469,6 +496,17 @@ def cmd_timeline(args: argparse.Namespace) -> int:
             tenant_id=tenant, timeline_id=tlid, force=args.force), timeout=120)
         print(f"deleted timeline {tlid}: {resp.slot_note}")
         return 0
+    if args.timeline_command == "attach-source":
+        tlid = _parse_id(TimelineId, args.timeline, "--timeline")
+        a = _call(stack, "AttachSource", housekeeping_pb2.AttachSourceRequest(
+            tenant_id=tenant, timeline_id=tlid, wal_source=args.wal_source), timeout=180)
+        attached = {**_timeline_json(a.timeline), "old_slot": a.old_slot_note}
+        if args.json:
+            print(json.dumps(attached, indent=2))
+        else:
+            print(f"timeline {tlid} streams from {attached['wal_source']} from "
+                  f"{attached['last_record_lsn']}; old slot: {a.old_slot_note}")
+        return 0
     resp = _call(stack, "ListTimelines", housekeeping_pb2.ListTimelinesRequest(tenant_id=tenant))
     if args.json:
         print(json.dumps([_timeline_json(t) for t in resp.timelines], indent=2))
@@ -581,11 +619,77 @@ def cmd_failpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_restore(args: argparse.Namespace) -> int:
+    """A timeline's full backup at an LSN (or at the LSN a time resolves to, through
+    pageread's GetLsnByTimestamp) unpacked into --pgdata; --start starts it
+    (pagestore/restore.py, docs/operations.md)."""
+    from pathlib import Path
+
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from pagestore import restore
+    from pagestore.grpcutil import SHARD_METADATA_KEY, TENANT_METADATA_KEY, TIMELINE_METADATA_KEY
+    from pagestore.pg.cluster import (
+        POSTGRES_OS_USER,
+        find_pg_bin_dir,
+        free_port,
+        running_as_root,
+    )
+    from pagestore.pg.replication import PG_EPOCH_UNIX_US, datetime_to_pg_timestamp
+    from pagestore.proto import pageread_pb2, pageread_pb2_grpc
+
+    tenant = _parse_id(TenantId, args.tenant, "--tenant")
+    tlid = _parse_id(TimelineId, args.timeline, "--timeline")
+    lsn = _lsn_arg(args.lsn, "--lsn")
+    when = restore.parse_time(args.time) if args.time is not None else None
+    if args.port is not None and not 0 < args.port < 65536:
+        raise BadRequest(f"--port {args.port}: expected 1..65535")
+    datadir = Path(args.pgdata).absolute()
+    restore.check_datadir(datadir)
+    stack = _stack(args)
+    cfg = stack.effective_config()
+    bin_dir = find_pg_bin_dir(cfg.pg_bin_dir) if args.start else None
+    addr = cfg.service_addr("pageread")
+    md = ((TENANT_METADATA_KEY, tenant), (TIMELINE_METADATA_KEY, tlid),
+          (SHARD_METADATA_KEY, "0000"))
+    with grpc.insecure_channel(addr) as ch:
+        stub: Any = pageread_pb2_grpc.PageReadExtrasStub(ch)
+        try:
+            if when is not None:
+                ts = Timestamp()
+                ts.FromMicroseconds(datetime_to_pg_timestamp(when) + PG_EPOCH_UNIX_US)
+                found = stub.GetLsnByTimestamp(
+                    pageread_pb2.GetLsnByTimestampRequest(timestamp=ts), metadata=md,
+                    timeout=60)
+                lsn, message = restore.resolution(when, found.kind, Lsn(found.lsn), tlid)
+                print(message, flush=True)
+            assert lsn is not None
+            print(f"writing the full backup of timeline {tlid} at {lsn} into {datadir}",
+                  flush=True)
+            backup = stub.GetFullBackup(pageread_pb2.GetFullBackupRequest(lsn=int(lsn)),
+                                        metadata=md)
+            size = restore.unpack_backup((c.chunk for c in backup), datadir)
+        except grpc.RpcError as e:
+            raise _rpc_failure(e, stack, "pageread", addr) from None
+    port = args.port or (free_port() if args.start else 5432)
+    restore.configure(datadir, port)
+    print(f"restored {size / 1e6:.1f} MB at {lsn} into {datadir}", flush=True)
+    if bin_dir is None:
+        return 0
+    cluster = restore.start(datadir, port, bin_dir, args.user)
+    as_user = f" as the {POSTGRES_OS_USER} OS user" if running_as_root() else ""
+    print(f"PostgreSQL started on 127.0.0.1:{port} (pid {cluster.pid()}, log "
+          f"{cluster.logfile}); stop it with pg_ctl -D {datadir} stop{as_user}")
+    print(cluster.conninfo())
+    return 0
+
+
 COMMANDS = {
     "init": cmd_init, "start": cmd_start, "stop": cmd_stop, "status": cmd_status,
     "tenant": cmd_tenant, "timeline": cmd_timeline, "catalog": cmd_catalog,
     "waldump": cmd_waldump, "failpoint": cmd_failpoint,
     "redo-check": cmd_redo_check,
+    "restore": cmd_restore,
 }
 
 

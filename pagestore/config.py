@@ -85,6 +85,8 @@ class IngestConfig:
         "gRPC address the ingest service listens on (port 0: any free port at start)."))
     advertise_addr: str = field(default="", metadata=_doc(
         "Address other services use to reach it (empty: listen_addr)."))
+    listen_http_addr: str = field(default="127.0.0.1:9891", metadata=_doc(
+        "HTTP address of the ingest service's `/metrics` (port 0: any free port at start)."))
     checkpoint_distance: int = field(default=64 * 1024 * 1024, metadata=_doc(
         "Bytes of WAL held in the open in-memory layer before it is frozen and flushed."))
     checkpoint_timeout: Duration = field(default=Duration(10), metadata=_doc(
@@ -97,6 +99,9 @@ class PageReadConfig:
         "gRPC address of the page-read service (page_api.PageService + PageReadExtras)."))
     advertise_addr: str = field(default="", metadata=_doc(
         "Address other services use to reach it (empty: listen_addr)."))
+    listen_http_addr: str = field(default="127.0.0.1:9890", metadata=_doc(
+        "HTTP address of the page-read service's `/metrics` (port 0: any free port at\n"
+        "start)."))
     wait_lsn_timeout: Duration = field(default=Duration(300), metadata=_doc(
         "How long a read at an LSN not yet ingested waits before it fails."))
     page_cache_pages: int = field(default=16384, metadata=_doc(
@@ -127,6 +132,8 @@ class RedoConfig:
         "gRPC address of the WAL redo service."))
     advertise_addr: str = field(default="", metadata=_doc(
         "Address other services use to reach it (empty: listen_addr)."))
+    listen_http_addr: str = field(default="127.0.0.1:9892", metadata=_doc(
+        "HTTP address of the redo service's `/metrics` (port 0: any free port at start)."))
     processes: int = field(default=0, metadata=_doc(
         "Worker processes that apply redo (Python redo is CPU work under one GIL per\n"
         "process): 0 = one per CPU core, 1 = in the service process only."))
@@ -142,6 +149,9 @@ class HousekeepingConfig:
         "gRPC address of the housekeeping service (tenants, timelines, compaction, GC)."))
     advertise_addr: str = field(default="", metadata=_doc(
         "Address other services use to reach it (empty: listen_addr)."))
+    listen_http_addr: str = field(default="127.0.0.1:9898", metadata=_doc(
+        "HTTP address of the management API (/v1/...) and housekeeping's `/metrics`\n"
+        "(port 0: any free port at start)."))
     upload_period: Duration = field(default=Duration(1), metadata=_doc(
         "With remote storage: how often new layers and indexes are looked for and uploaded."))
 
@@ -154,6 +164,8 @@ class GatewayConfig:
         "gRPC address of the gateway's health service."))
     advertise_addr: str = field(default="", metadata=_doc(
         "Address other services use to reach its gRPC port (empty: listen_addr)."))
+    listen_http_addr: str = field(default="127.0.0.1:9893", metadata=_doc(
+        "HTTP address of the gateway's `/metrics` (port 0: any free port at start)."))
     max_connections: int = field(default=256, metadata=_doc(
         "libpq connections served at once; one more is refused (SQLSTATE 53300)."))
 
@@ -236,6 +248,8 @@ class Config:
         "How long `pagestore start` waits for each service to report SERVING."))
     shutdown_timeout: Duration = field(default=Duration(20), metadata=_doc(
         "How long `pagestore stop` waits for a service before it is killed."))
+    node_id: int = field(default=1, metadata=_doc(
+        "This node's id, as the management API reports it (GET /v1/status)."))
     event_loop: str = field(default="uvloop", metadata=_doc(
         "The services' event loop: 'uvloop' (libuv's) or 'asyncio' (the standard\n"
         "library's). docs/performance.md has the measurements."))

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from pagestore import failpoints
+from pagestore import failpoints, metrics
 from pagestore.errors import ERROR_CLASS_METADATA_KEY, PagestoreError
 from pagestore.logs import request_var, tenant_var, timeline_var
 from pagestore.proto import admin_pb2, admin_pb2_grpc, common_pb2
@@ -65,25 +65,28 @@ def _set_context(metadata: Any) -> None:
             request_var.set(value)
 
 
-def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]], service: str
+                ) -> Callable[..., Awaitable[Any]]:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         _set_context(context.invocation_metadata())
         try:
             return await behavior(request, context)
         except PagestoreError as err:
             log.info("rpc failed: %s: %s", type(err).__name__, err.message)
+            metrics.ERRORS.labels(service, type(err).__name__).inc()
             await abort_with(context, err)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception:
             log.exception("rpc failed with an unexpected error")
+            metrics.ERRORS.labels(service, "internal").inc()
             await context.abort(grpc.StatusCode.INTERNAL, "internal error (see the service log)")
         return None
 
     return wrapper
 
 
-def _wrap_stream(behavior: Callable[..., Any]) -> Callable[..., Any]:
+def _wrap_stream(behavior: Callable[..., Any], service: str) -> Callable[..., Any]:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         _set_context(context.invocation_metadata())
         try:
@@ -91,11 +94,13 @@ def _wrap_stream(behavior: Callable[..., Any]) -> Callable[..., Any]:
                 yield item
         except PagestoreError as err:
             log.info("rpc failed: %s: %s", type(err).__name__, err.message)
+            metrics.ERRORS.labels(service, type(err).__name__).inc()
             await abort_with(context, err)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception:
             log.exception("rpc failed with an unexpected error")
+            metrics.ERRORS.labels(service, "internal").inc()
             await context.abort(grpc.StatusCode.INTERNAL, "internal error (see the service log)")
 
     return wrapper
@@ -105,7 +110,11 @@ Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps PagestoreError to gRPC statuses and sets the per-request log context."""
+    """Maps PagestoreError to gRPC statuses (counting them in pagestore_errors) and sets
+    the per-request log context."""
+
+    def __init__(self, service: str = "") -> None:
+        self.service = service
 
     async def intercept_service(
         self,
@@ -117,17 +126,19 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return handler
         kwargs = dict(request_deserializer=handler.request_deserializer,
                       response_serializer=handler.response_serializer)
+        svc = self.service
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary), **kwargs)
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary, svc), **kwargs)
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(_wrap_unary(handler.stream_unary),
-                                                        **kwargs)
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(handler.stream_unary, svc), **kwargs)
         if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(_wrap_stream(handler.unary_stream),
-                                                        **kwargs)
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream, svc), **kwargs)
         if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(_wrap_stream(handler.stream_stream),
-                                                         **kwargs)
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap_stream(handler.stream_stream, svc), **kwargs)
         return handler
 
 
@@ -163,7 +174,7 @@ class GrpcService:
         self.listen_addr = listen_addr
         # No SO_REUSEPORT: a port another server holds is an error at start, never two
         # servers answering on one port.
-        self.server = grpc.aio.server(interceptors=[ErrorInterceptor()],
+        self.server = grpc.aio.server(interceptors=[ErrorInterceptor(name)],
                                       options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -197,13 +208,19 @@ class GrpcService:
         log.info("%s shutting down", self.name)
         await self.health.enter_graceful_shutdown()
         failpoints.release_paused()
-        for hook in self.on_shutdown:
+        await self.run_shutdown_hooks()
+        await self.server.stop(grace)
+        log.info("%s stopped", self.name)
+
+    async def run_shutdown_hooks(self) -> None:
+        """Stop what setup started (also when the service fails to start after setup:
+        worker processes and loops must not keep the process alive)."""
+        hooks, self.on_shutdown = self.on_shutdown, []
+        for hook in hooks:
             try:
                 await hook()
             except Exception:
                 log.exception("%s: a shutdown step failed", self.name)
-        await self.server.stop(grace)
-        log.info("%s stopped", self.name)
 
 
 #: Clients reconnect soon after a service comes back (gRPC's default backoff grows to 2 min).

@@ -19,6 +19,7 @@ and indexes compare keys as bytes.
     TwoPhase file       02  0     0    0       0     xid
     Control file        03  0     0    0       0     0
     Checkpoint          03  0     0    0       0     1
+    Commit timestamp    03  0     0    0       0     3
 
 Rules: relnode 0 is never a relation (it marks the relmap and RelDir keys); field1 stays
 below 0x80 for every real key, so ``Key.MAX`` (all bits set) is an exclusive upper bound.
@@ -219,3 +220,9 @@ def controlfile_key() -> Key:
 
 def checkpoint_key() -> Key:
     return Key(0x03, 0, 0, 0, 0, 1)
+
+
+def commit_timestamp_key() -> Key:
+    """The newest commit timestamp so far (pagestore's own; Neon keeps commit
+    timestamps on its CLOG pages instead): see pagestore.timestamps."""
+    return Key(0x03, 0, 0, 0, 0, 3)

@@ -3,7 +3,10 @@ revision check, and the asyncio run loop.
 
 A service module provides ``async def setup(ctx: ServiceContext) -> None`` that adds its
 servicers to ``ctx.grpc`` (and may start background tasks); ``run_service`` does the
-rest.  `pagestore start` launches each service as
+rest.  Every service also serves HTTP on its ``listen_http_addr``: ``GET /metrics``
+(pagestore.metrics, Prometheus text), plus whatever routes ``setup`` adds to
+``ctx.http`` (housekeeping's management API).  The HTTP port listens before the gRPC
+health service reports SERVING, and closes after gRPC has stopped.  `pagestore start` launches each service as
 ``python -m services.<name>.server --workdir W --config W/run/stack.toml``.
 """
 
@@ -13,11 +16,13 @@ import argparse
 import asyncio
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pagestore import failpoints
+from aiohttp import web
+
+from pagestore import failpoints, metrics
 from pagestore.catalog import schema
 from pagestore.catalog.db import make_engine
 from pagestore.config import Config, load_config
@@ -48,6 +53,10 @@ class ServiceContext:
     # the services that use the catalog.
     remote: RemoteStorage | None = None
     layer_files: LayerFiles | None = None
+    # The HTTP application on listen_http_addr (/metrics is there already) and the
+    # coroutines /metrics awaits before rendering (gauges read from the catalog).
+    http: web.Application = field(default_factory=web.Application)
+    metrics_refresh: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
 def _parse_args(name: str, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -106,11 +115,19 @@ def run_service(name: str, setup: Callable[[ServiceContext], Awaitable[None]], *
                                          owner=name)
             if ctx.remote is not None:
                 await asyncio.to_thread(ctx.layer_files.sweep)
+        http: web.AppRunner | None = None
         try:
             await setup(ctx)
-            await service.start()
+            try:
+                http = await start_http(ctx, getattr(config, name).listen_http_addr)
+                await service.start()
+            except BaseException:
+                await service.run_shutdown_hooks()
+                raise
             await service.run_until_stopped()
         finally:
+            if http is not None:
+                await http.cleanup()
             if ctx.catalog is not None:
                 ctx.catalog.dispose()
             if ctx.layer_files is not None:
@@ -128,6 +145,30 @@ def run_service(name: str, setup: Callable[[ServiceContext], Awaitable[None]], *
         log.error("%s cannot start: %s", name, e)
         return 1
     return 0
+
+
+async def start_http(ctx: ServiceContext, addr: str) -> web.AppRunner:
+    """Serve ``ctx.http`` (with ``GET /metrics`` added) on ``addr``."""
+    async def get_metrics(request: web.Request) -> web.Response:
+        for refresh in ctx.metrics_refresh:
+            try:
+                await refresh()
+            except Exception as e:  # a scrape shows what it can; the log says why
+                log.warning("metrics refresh failed: %s", e)
+        return web.Response(body=metrics.render(),
+                            headers={"Content-Type": metrics.CONTENT_TYPE})
+
+    ctx.http.router.add_get("/metrics", get_metrics)
+    runner = web.AppRunner(ctx.http, access_log=None, handle_signals=False)
+    await runner.setup()
+    host, _, port = addr.rpartition(":")
+    try:
+        await web.TCPSite(runner, host.strip("[]") or None, int(port)).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    log.info("%s serving HTTP on %s", ctx.name, addr)
+    return runner
 
 
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -269,8 +269,8 @@ class Stack:
             # every port distinct (explicit ones first, so a probe never picks them).
             taken: set[int] = set()
             addrs = [(name, key) for name in SERVICES
-                     for key in ("listen_addr", *(["listen_pg_addr"] if name == "gateway"
-                                                 else []))]
+                     for key in ("listen_addr", "listen_http_addr",
+                                 *(["listen_pg_addr"] if name == "gateway" else []))]
             explicit = [(n, k) for n, k in addrs if split_addr(getattr(getattr(cfg, n), k))[1]]
             resolved: dict[tuple[str, str], str] = {}
             for name, key in [*explicit, *[a for a in addrs if a not in explicit]]:
@@ -373,6 +373,7 @@ class Stack:
             }
             if name == "gateway":
                 entry["grpc_port"] = info.get("grpc_port", split_addr(grpc_addr)[1])
+            entry["http_port"] = split_addr(section.listen_http_addr)[1]
             services[name] = entry
         services["catalog"] = self._catalog_status(cfg)
         return {"services": services}

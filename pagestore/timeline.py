@@ -34,6 +34,7 @@ from pagestore.keys import (
     RelTag,
     SlruKind,
     checkpoint_key,
+    commit_timestamp_key,
     controlfile_key,
     dbdir_key,
     rel_block_key,
@@ -246,3 +247,5 @@ class TimelineView:
             yield twophase_file_key(xid), False
         yield controlfile_key(), False
         yield checkpoint_key(), False
+        if self.image(commit_timestamp_key(), lsn) is not None:
+            yield commit_timestamp_key(), False

@@ -22,14 +22,13 @@ from pagestore.errors import (
 )
 from pagestore.ids import TenantId, TimelineId
 from pagestore.layers.desc import LayerDesc
+from pagestore.lsn import Lsn
 
 if TYPE_CHECKING:
     import datetime
     from collections.abc import Sequence
 
     from sqlalchemy.orm import Session
-
-    from pagestore.lsn import Lsn
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +135,12 @@ def create_timeline(session: Session, tenant_id: TenantId, timeline_id: Timeline
         row.pg_version = parent.pg_version
         row.state = "active"
         row.min_readable_lsn = parent.min_readable_lsn
+        # Ingest of the branch (once a WAL source is attached) starts at the branch point.
+        # prev_record_lsn stays 0, unknown: which record ends at an arbitrary LSN of the
+        # parent is not kept, and a compute started from a full backup at the branch point
+        # writes its first record with the xl_prev that backup was given (0 by default).
         row.last_record_lsn = row.disk_consistent_lsn = lsn
+        row.prev_record_lsn = Lsn(0)
     session.add(row)
     session.flush()
     session.refresh(row)

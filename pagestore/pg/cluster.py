@@ -97,6 +97,19 @@ def give_to_server_user(path: Path) -> None:
         os.chown(path, pw.pw_uid, pw.pw_gid)
 
 
+def check_server_user_can_write(datadir: Path, advice: str) -> None:
+    """When we are root: refuse a data directory the postgres OS user cannot write (one
+    under a directory it cannot traverse), naming ``advice`` as the way out."""
+    if not running_as_root():
+        return
+    probe = subprocess.run(as_server_user(["test", "-w", str(datadir)]), capture_output=True)
+    if probe.returncode != 0:
+        raise PgClusterError(
+            f"the {POSTGRES_OS_USER} OS user cannot write {datadir}: PostgreSQL refuses to "
+            "run as root, so its data directory must lie under directories that user can "
+            f"traverse (not under /root or another 0700 directory); {advice}")
+
+
 def _pid_alive(pid: int) -> bool:
     """Is the process running (a zombie waiting to be reaped counts as gone)?"""
     try:
@@ -164,15 +177,7 @@ class PgCluster:
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         self.logfile.touch()
         give_to_server_user(self.logfile)
-        if running_as_root():
-            probe = subprocess.run(as_server_user(["test", "-w", str(self.datadir)]),
-                                   capture_output=True)
-            if probe.returncode != 0:
-                raise PgClusterError(
-                    f"the {POSTGRES_OS_USER} OS user cannot write {self.datadir}: PostgreSQL "
-                    "refuses to run as root, so its data directory must lie under "
-                    "directories that user can traverse (not under /root or another "
-                    "0700 directory); choose another --workdir")
+        check_server_user_can_write(self.datadir, "choose another --workdir")
         argv = [self.bin("initdb"), "-D", str(self.datadir), "-U", self.user,
                 "--encoding=UTF8", "--locale=C", "--auth-local=trust",
                 f"--auth-host={auth_host}", "--no-sync"]

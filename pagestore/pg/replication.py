@@ -41,6 +41,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import datetime
 import enum
 import getpass
 import hashlib
@@ -105,6 +106,25 @@ def pg_now() -> int:
 
 def pg_timestamp_to_unix(ts: int) -> float:
     return (ts + PG_EPOCH_UNIX_US) / 1_000_000
+
+
+#: The PostgreSQL epoch as an aware datetime.
+PG_EPOCH = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
+_MICROSECOND = datetime.timedelta(microseconds=1)
+
+
+def pg_timestamp_to_datetime(ts: int) -> datetime.datetime:
+    """A TimestampTz as an aware UTC datetime, exact to the microsecond (OverflowError
+    outside datetime's years 1..9999, e.g. for -infinity/infinity)."""
+    return PG_EPOCH + datetime.timedelta(microseconds=ts)
+
+
+def datetime_to_pg_timestamp(when: datetime.datetime) -> int:
+    """An aware datetime as a TimestampTz (µs since 2000-01-01 UTC); a naive datetime is
+    a ValueError (whose local time would it be?)."""
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError(f"{when.isoformat()} has no time zone")
+    return (when - PG_EPOCH) // _MICROSECOND
 
 
 @dataclass(frozen=True, slots=True)

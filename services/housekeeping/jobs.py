@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from pagestore import failpoints
+from pagestore import failpoints, metrics
+from pagestore.ancestors import ancestor_view
 from pagestore.catalog import repo
 from pagestore.compaction import (
     WRITER,
@@ -127,12 +128,14 @@ class Housekeeper:
     async def compact(self, tenant: TenantId, timeline: TimelineId, *, force_l0: bool = False,
                       force_images: bool = False) -> CompactionReport:
         async with self.lock(tenant, timeline):
-            return await asyncio.to_thread(self._compact, tenant, timeline, force_l0,
-                                           force_images)
+            with metrics.JobTimer("compaction"):
+                return await asyncio.to_thread(self._compact, tenant, timeline, force_l0,
+                                               force_images)
 
     async def gc(self, tenant: TenantId, timeline: TimelineId) -> GcReport:
         async with self.lock(tenant, timeline):
-            return await asyncio.to_thread(self._gc, tenant, timeline)
+            with metrics.JobTimer("gc"):
+                return await asyncio.to_thread(self._gc, tenant, timeline)
 
     # ------------------------------------------------------------------ compaction
     def _load(self, tenant: TenantId, timeline: TimelineId
@@ -148,17 +151,16 @@ class Housekeeper:
                            owns=lambda n: n.lsn_end - 1 <= dcl)
         return tl, layers, directory
 
-    def _view(self, tenant: TenantId, timeline: TimelineId, layers: LayerMap,
-              tl: repo.TimelineRecord) -> TimelineView:
-        """The timeline's read path over its layer files (and its ancestors')."""
-        ancestor = None
-        if tl.ancestor_timeline_id is not None:
-            with self.sessions.begin() as s:
-                parent, parent_layers = repo.read_layer_map(s, tenant, tl.ancestor_timeline_id)
-            ancestor = self._view(tenant, tl.ancestor_timeline_id,
-                                  self._map(tenant, parent.timeline_id, parent_layers,
-                                            parent.layers_version),
-                                  parent)
+    def _view(self, tenant: TenantId, layers: LayerMap, tl: repo.TimelineRecord,
+              maps: list[LayerMap]) -> TimelineView:
+        """The timeline's read path over its layer files and, for a branch, its
+        ancestors' as of the branch point (pagestore.ancestors; each ancestor map reloads
+        itself when the ancestor's own compaction or GC swapped a file); the ancestor maps
+        go to ``maps``, for the caller to close."""
+        files = self.layer_files
+        ancestor = ancestor_view(self.sessions, lambda t: timeline_dir(self.workdir, tenant, t),
+                                 tl, maps=maps,
+                                 opener=lambda t: files.opener(tenant, t) if files else None)
         return TimelineView(layers, ancestor=ancestor,
                             ancestor_lsn=tl.ancestor_lsn or Lsn.INVALID)
 
@@ -220,8 +222,9 @@ class Housekeeper:
         threshold = 1 if force else settings.image_creation_threshold
         registered = {d.file_name for d in layers}
         layer_map = self._map(tenant, timeline, layers, tl.layers_version)
+        ancestor_maps: list[LayerMap] = []
         try:
-            view = self._view(tenant, timeline, layer_map, tl)
+            view = self._view(tenant, layer_map, tl, ancestor_maps)
             partitions = partition_keyspace(view.keyspace(lsn), settings.compaction_target_size)
             planned = plan_images(layers, partitions, lsn, threshold)
             if not planned:
@@ -247,7 +250,8 @@ class Housekeeper:
                 raise
             return new
         finally:
-            layer_map.close()
+            for m in (layer_map, *ancestor_maps):
+                m.close()
 
     def _commit(self, tenant: TenantId, timeline: TimelineId, directory: Path, *,
                 remove: list[LayerDesc], add: list[LayerDesc], **fields: object) -> int:

@@ -38,6 +38,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeAlias
 
+from pagestore import metrics
 from pagestore.catalog import repo
 from pagestore.errors import FailedPrecondition, NotFound, PagestoreError, TenantNotFound
 from pagestore.remote.layout import (
@@ -51,6 +52,7 @@ from pagestore.remote.layout import (
     read_latest_index,
     read_latest_manifest,
     scan_timelines,
+    tenant_prefix,
     timeline_prefix,
 )
 from pagestore.remote.storage import retrying
@@ -167,7 +169,8 @@ class RemoteSync:
         """Upload what the timeline's catalog snapshot has that the bucket lacks, then its
         index, then move remote_consistent_lsn; then delete what no index names."""
         async with self._lock(tenant, timeline):
-            return await asyncio.to_thread(self._sync, tenant, timeline, progress)
+            with metrics.JobTimer("upload"):
+                return await asyncio.to_thread(self._sync, tenant, timeline, progress)
 
     def _sync(self, tenant: TenantId, timeline: TimelineId,
               progress: Progress | None) -> UploadResult:
@@ -314,6 +317,20 @@ class RemoteSync:
             retrying(lambda k=obj.key: self.storage.delete(k),  # type: ignore[misc]
                      f"delete of {obj.key}")
         self.forget(tenant, timeline)
+        return len(objects)
+
+    def delete_tenant_objects(self, tenant: TenantId) -> int:
+        """Remove what is left of a deleted tenant in the bucket (its manifests; its
+        timelines' objects went with each timeline's delete)."""
+        with self.sessions.begin() as s:
+            gen = repo.get_tenant(s, tenant).generation
+        self.validate_generation(tenant, gen)
+        objects = retrying(lambda: self.storage.list(tenant_prefix(tenant)),
+                           f"listing tenant {tenant}")
+        for obj in objects:
+            retrying(lambda k=obj.key: self.storage.delete(k),  # type: ignore[misc]
+                     f"delete of {obj.key}")
+        self.forget(tenant)
         return len(objects)
 
     # ------------------------------------------------------------------ attach / detach

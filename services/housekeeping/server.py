@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from pagestore import metrics
+from pagestore.catalog import repo
 from pagestore.catalog.db import make_sessionmaker
 from pagestore.config import Duration, TenantConfig, parse_tenant_setting
 from pagestore.errors import (
@@ -48,6 +50,7 @@ from pagestore.proto import (
 from pagestore.remote.layout import highest_generation
 from pagestore.service import ServiceContext, run_service
 from pagestore.supervise import describe
+from services.housekeeping.http import ManagementApi
 from services.housekeeping.jobs import Housekeeper
 from services.housekeeping.remote import RemoteSync
 from services.housekeeping.tenants import TenantManager
@@ -64,6 +67,8 @@ if TYPE_CHECKING:
 Context = grpc.aio.ServicerContext[Any, Any]
 log = logging.getLogger(__name__)
 ATTACH_TIMEOUT = 3600.0  # a base backup of a large database takes a while
+#: An attach-source flushes ancestors and the old receiver, then checks the source.
+ATTACH_SOURCE_TIMEOUT = 120.0
 
 
 def parse_tenant_id(text: str, field: str = "tenant_id") -> TenantId:
@@ -438,6 +443,24 @@ class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
                                       parse_timeline_id(request.timeline_id))
         return await self._status(rec)
 
+    async def AttachSource(self, request: housekeeping_pb2.AttachSourceRequest,
+                           context: Context) -> housekeeping_pb2.AttachSourceResponse:
+        """A (new) WAL source for an existing timeline: the ingest service checks it and
+        switches (services/ingest/manager.py, ``attach_source``)."""
+        tid = parse_tenant_id(request.tenant_id)
+        tlid = parse_timeline_id(request.timeline_id)
+        if not request.wal_source:
+            raise BadRequest("wal_source is empty")
+        try:
+            resp = await self.ingest().AttachSource(ingest_pb2.AttachSourceRequest(
+                timeline=common_pb2.TimelineRef(tenant_id=str(tid), timeline_id=str(tlid)),
+                wal_source=request.wal_source), timeout=ATTACH_SOURCE_TIMEOUT)
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e) from None
+        rec = await asyncio.to_thread(self.tenants.get_timeline, tid, tlid)
+        return housekeeping_pb2.AttachSourceResponse(
+            timeline=await self._live(timeline_info(rec)), old_slot_note=resp.old_slot_note)
+
     async def DeleteTimeline(self, request: housekeeping_pb2.DeleteTimelineRequest,
                              context: Context) -> housekeeping_pb2.DeleteTimelineResponse:
         tid = parse_tenant_id(request.tenant_id)
@@ -467,6 +490,45 @@ class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
         return housekeeping_pb2.DeleteTimelineResponse(slot_note=note)
 
 
+    async def delete_tenant(self, tid: TenantId) -> None:
+        """Delete every timeline of the tenant (branches before their ancestors, each as
+        DeleteTimeline does), its remote objects, then the tenant."""
+        timelines = await asyncio.to_thread(self.tenants.list_timelines, tid)
+        by_id = {t.timeline_id: t for t in timelines}
+
+        def depth(t: TimelineRecord) -> int:
+            n = 0
+            while t.ancestor_timeline_id is not None and t.ancestor_timeline_id in by_id:
+                t, n = by_id[t.ancestor_timeline_id], n + 1
+            return n
+
+        for tl in sorted(timelines, key=depth, reverse=True):
+            await self.DeleteTimeline(housekeeping_pb2.DeleteTimelineRequest(
+                tenant_id=str(tid), timeline_id=str(tl.timeline_id)), None)  # type: ignore[arg-type]
+        if self.remote is not None:
+            n = await asyncio.to_thread(self.remote.delete_tenant_objects, tid)
+            log.info("deleted %d remote objects of tenant %s", n, tid)
+        await asyncio.to_thread(self.tenants.delete_tenant, tid)
+
+    async def refresh_metrics(self) -> None:
+        """Layer counts and bytes by kind, and the upload queue, from the catalog."""
+        def read() -> list[LayerDesc]:
+            out: list[LayerDesc] = []
+            with self.tenants.sessions.begin() as s:
+                for tl in repo.list_all_timelines(s):
+                    out += repo.list_layers(s, tl.tenant_id, tl.timeline_id)
+            return out
+
+        layers = await asyncio.to_thread(read)
+        for st in layer_stats(layers):
+            metrics.LAYERS.labels(st.kind).set(st.count)
+            metrics.LAYER_BYTES.labels(st.kind).set(st.bytes)
+        if self.remote is not None:
+            queued = [d for d in layers if not d.uploaded]
+            metrics.REMOTE_UPLOAD_QUEUE.set(len(queued))
+            metrics.REMOTE_UPLOAD_QUEUE_BYTES.set(sum(d.file_size for d in queued))
+
+
 async def setup(ctx: ServiceContext) -> None:
     assert ctx.catalog is not None
     manager = TenantManager(ctx.catalog, ctx.workdir)
@@ -481,6 +543,8 @@ async def setup(ctx: ServiceContext) -> None:
     servicer = HousekeepingServicer(manager, housekeeper, ctx.config.service_addr("ingest"),
                                     ctx.config.service_addr("pageread"), remote)
     housekeeping_pb2_grpc.add_HousekeepingServicer_to_server(servicer, ctx.grpc.server)
+    ManagementApi(servicer, ctx.config.tenant, node_id=ctx.config.node_id).routes(ctx.http)
+    ctx.metrics_refresh.append(servicer.refresh_metrics)
     housekeeper.scheduler.start()
     ctx.grpc.on_shutdown.append(housekeeper.scheduler.stop)
     if remote is not None:

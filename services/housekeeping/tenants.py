@@ -245,6 +245,13 @@ class TenantManager:
         log.info("timeline deleted: %s tenant=%s timeline=%s", note, tenant_id, timeline_id)
         return note
 
+    def delete_tenant(self, tenant_id: TenantId) -> None:
+        """Remove the tenant's row and directory (its timelines are deleted already)."""
+        with self.sessions.begin() as s:
+            repo.delete_tenant(s, tenant_id)
+        shutil.rmtree(tenant_dir(self.workdir, tenant_id), ignore_errors=True)
+        log.info("tenant deleted tenant=%s", tenant_id)
+
     def _set_reason(self, tenant_id: TenantId, timeline_id: TimelineId, reason: str) -> None:
         with self.sessions.begin() as s:
             repo.update_timeline(s, tenant_id, timeline_id, state_reason=reason)

@@ -22,18 +22,22 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import secrets
 import shutil
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pagestore import failpoints
+from pagestore.ancestors import ancestors_behind
 from pagestore.catalog import repo
 from pagestore.catalog.db import make_sessionmaker
 from pagestore.errors import (
     AlreadyExists,
     BadRequest,
+    CorruptWalError,
     FailedPrecondition,
     LsnOutOfRange,
     LsnTimeout,
@@ -48,12 +52,15 @@ from pagestore.pg.replication import (
     BackupStarted,
     ReplicationConnection,
     ReplicationError,
+    ReplicationServerError,
     ReplicationSlotExists,
+    XLogData,
     drop_slot_at,
     mask_conninfo,
     timeline_slot_name,
 )
 from pagestore.pg.tar import TarChunk, TarEnd, TarEvent, TarMember
+from pagestore.pg.waldecoder import EndOfWal, WalStreamDecoder
 from pagestore.supervise import SupervisedLoop, describe
 from pagestore.timeline import timeline_dir
 from pagestore.waiting import LsnWaiter
@@ -68,6 +75,7 @@ if TYPE_CHECKING:
     import sqlalchemy as sa
 
     from pagestore.ids import TenantId, TimelineId
+    from pagestore.pg.replication import SystemInfo
     from pagestore.remote.ondemand import LayerFiles
     from services.ingest.walingest import Values
 
@@ -75,6 +83,10 @@ log = logging.getLogger(__name__)
 
 MAX_QUEUED_BATCHES = 1000
 TICK_INTERVAL = 0.5
+#: Seconds for the first record at the position a new WAL source must continue from.
+HISTORY_CHECK_TIMEOUT = 10.0
+#: Seconds for each step of dropping the slot on a timeline's old WAL source.
+SLOT_DROP_TIMEOUT = 10.0
 
 
 @dataclass(slots=True)
@@ -196,17 +208,24 @@ class IngestManager:
             repo.update_timeline(s, tenant, timeline, state=state, state_reason=reason)
 
     def _start(self, tli: TimelineIngest, wal_source: str, min_readable: Lsn) -> None:
-        key = (tli.tenant_id, tli.timeline_id)
+        entry = self._register(tli, min_readable)
+        self._start_receiver(entry, wal_source)
 
+    def _register(self, tli: TimelineIngest, min_readable: Lsn) -> TimelineEntry:
         entry = TimelineEntry(tli, min_readable_lsn=min_readable)
-        self.timelines[key] = entry
+        self.timelines[(tli.tenant_id, tli.timeline_id)] = entry
+        entry.progress.advance(tli.last_record_lsn)
+        return entry
+
+    def _start_receiver(self, entry: TimelineEntry, wal_source: str) -> None:
+        """Stream the entry's timeline from ``wal_source``, from its last_record_lsn."""
+        tli = entry.tli
 
         def reload() -> TimelineIngest:
             new = self._load(tli.tenant_id, tli.timeline_id)
             entry.tli = new
             return new
 
-        entry.progress.advance(tli.last_record_lsn)
         entry.receiver = WalReceiver(
             tli, wal_source, reload=reload,
             on_values=lambda batch: self._publish(entry, batch),
@@ -309,14 +328,7 @@ class IngestManager:
     async def _base_backup(self, timeline: TimelineId, wal_source: str,
                            staging: Path) -> tuple[Lsn, Lsn, int]:
         """Create (or reuse) the slot, run BASE_BACKUP into ``staging``."""
-        where = mask_conninfo(wal_source)
-        try:
-            conn = await ReplicationConnection.connect(wal_source, connect_timeout=10)
-        except ReplicationError as e:
-            raise Unavailable(f"cannot connect to the WAL source {where}: {e.message}") from e
-        except ProtocolError as e:
-            raise Unavailable(f"the WAL source {where} does not speak the PostgreSQL "
-                              f"protocol: {e.message}") from e
+        conn = await _connect_source(wal_source)
         try:
             system = await conn.identify_system()
             try:
@@ -344,6 +356,173 @@ class IngestManager:
         finally:
             await conn.close()
 
+    # ------------------------------------------------------------------ attach a source
+    async def attach_source(self, tenant: TenantId, timeline: TimelineId,
+                            wal_source: str) -> tuple[TimelineEntry, str]:
+        """Stream an existing timeline from a (new) WAL source: a branch that has none
+        yet, or a timeline whose primary moved.  Nothing changes unless every check
+        passes: the source's system identifier is the timeline's, it has WAL up to the
+        timeline's last_record_lsn, and its record there continues the timeline's history
+        (xl_prev).  A running receiver is stopped and flushed first (so the position is
+        fixed) and streams on from its old source if the attach fails.  Returns the entry
+        and what became of the slot on the old source (dropped when it is another
+        server)."""
+        key = (tenant, timeline)
+        if not wal_source:
+            raise BadRequest("wal_source is empty")
+        if key in self._attaching:
+            raise FailedPrecondition(f"timeline {timeline} is being attached already")
+        self._attaching.add(key)
+        try:
+            row = await asyncio.to_thread(self._row, tenant, timeline)
+            if row.state != "active":
+                raise FailedPrecondition(
+                    f"timeline {timeline} is {row.state}: a WAL source can be attached to an "
+                    "active timeline only")
+            if not row.wal_source and row.ancestor_timeline_id is None:
+                raise FailedPrecondition(f"timeline {timeline} holds no data: create it with "
+                                         "--wal-source (import) or --ancestor (branch)")
+            if row.ancestor_timeline_id is not None:
+                await self._flush_ancestors(row)
+            entry = await self._switch_source(row, wal_source)
+        finally:
+            self._attaching.discard(key)
+        note = "no earlier WAL source: no slot to drop"
+        if row.wal_source:
+            note = await self._drop_old_slot(tenant, timeline, row.wal_source, wal_source)
+        log.info("WAL source attached source=%s start_lsn=%s old_source=%s (%s) tenant=%s "
+                 "timeline=%s", mask_conninfo(wal_source), entry.tli.last_record_lsn,
+                 mask_conninfo(row.wal_source) if row.wal_source else "-", note, tenant,
+                 timeline)
+        return entry, note
+
+    async def _flush_ancestors(self, row: repo.TimelineRecord) -> None:
+        """A branch reads below its branch point from its ancestors' layer files
+        (pagestore.ancestors): their WAL up to there must be flushed.  An ancestor this
+        service streams is flushed now; any other must be flushed already."""
+        for anc, need in await asyncio.to_thread(ancestors_behind, self.sessions, row):
+            e = self.timelines.get((anc.tenant_id, anc.timeline_id))
+            if e is None or e.receiver is None:
+                raise FailedPrecondition(
+                    f"ancestor timeline {anc.timeline_id} has its WAL in layer files up to "
+                    f"{anc.disk_consistent_lsn} only, and timeline {row.timeline_id} reads it "
+                    f"up to {need}; it is not streamed here to flush the rest")
+            log.info("flushing ancestor timeline %s through %s for its branch tenant=%s "
+                     "timeline=%s", anc.timeline_id, need, row.tenant_id, row.timeline_id)
+            try:
+                async with asyncio.timeout(self.shutdown_budget):
+                    if not await e.progress.wait(need, self.shutdown_budget):
+                        raise TimeoutError
+                    await e.receiver.flush_through(need)
+            except TimeoutError:
+                raise Unavailable(
+                    f"ancestor timeline {anc.timeline_id} did not flush its WAL through "
+                    f"{need} within {self.shutdown_budget:.0f}s (disk_consistent_lsn "
+                    f"{e.tli.disk_consistent_lsn}); retry") from None
+
+    async def _switch_source(self, row: repo.TimelineRecord, wal_source: str) -> TimelineEntry:
+        """The checks, then the switch: slot, catalog row, receiver (``attach_source``)."""
+        tenant, timeline = row.tenant_id, row.timeline_id
+        key = (tenant, timeline)
+        where = mask_conninfo(wal_source)
+        slot = timeline_slot_name(timeline)
+        entry = self.timelines.get(key)
+        tli = entry.tli if entry is not None else await asyncio.to_thread(self._load, tenant,
+                                                                          timeline)
+        system_id = await asyncio.to_thread(tli.system_identifier)
+        conn = await _connect_source(wal_source)
+        stopped = registered = created_slot = committed = False
+        try:
+            system = await conn.identify_system()
+            if system.systemid != system_id:
+                raise FailedPrecondition(
+                    f"the WAL source {where} has system identifier {system.systemid}, the "
+                    f"timeline's is {system_id}: it is not a PostgreSQL of timeline "
+                    f"{timeline}'s history")
+            if entry is not None and entry.receiver is not None:
+                # Stop and flush: the position to check (and to stream from) is then fixed.
+                receiver, entry.receiver = entry.receiver, None
+                stopped = True
+                if not await receiver.stop(drain=True, timeout=self.shutdown_budget):
+                    raise Unavailable(f"timeline {timeline} could not flush its in-memory "
+                                      "WAL in time; it streams on from its old source")
+                tli = entry.tli
+                system = await conn.identify_system()
+            start, prev = tli.last_record_lsn, tli.prev_record_lsn
+            if system.xlogpos < start:
+                raise FailedPrecondition(
+                    f"the WAL source {where} has WAL up to {system.xlogpos} only; timeline "
+                    f"{timeline} continues from {start} (it must be the PostgreSQL started "
+                    "from this timeline, or a standby of it that has caught up)")
+            try:
+                await conn.create_physical_slot(slot, reserve_wal=True)
+                created_slot = True
+            except ReplicationSlotExists:
+                log.info("reusing replication slot %s on %s tenant=%s timeline=%s", slot,
+                         where, tenant, timeline)
+            await _check_history(conn, tenant, timeline, where, start, prev, system,
+                                 slot=slot if created_slot else None)
+            if entry is None:
+                # Registered before the catalog says there is a source: a page reader
+                # that learns of it at once finds the timeline to subscribe to.
+                entry = self._register(tli, row.min_readable_lsn)
+                registered = True
+            await asyncio.to_thread(self._set_source, tenant, timeline, wal_source)
+            committed = True
+            self._start_receiver(entry, wal_source)
+            return entry
+        except BaseException:
+            if created_slot and not committed:
+                await conn.close()  # its walsender may hold the slot (the history check)
+                try:
+                    await drop_slot_at(wal_source, slot, timeout=SLOT_DROP_TIMEOUT)
+                except (PagestoreError, OSError, TimeoutError) as e:
+                    log.warning("could not drop replication slot %s on %s after the refused "
+                                "attach: %s; drop it by hand: SELECT "
+                                "pg_drop_replication_slot('%s') tenant=%s timeline=%s", slot,
+                                where, describe(e), slot, tenant, timeline)
+            if not committed:
+                if registered:
+                    self.timelines.pop(key, None)
+                if stopped and entry is not None and row.wal_source:
+                    log.info("streaming on from the old WAL source %s tenant=%s timeline=%s",
+                             mask_conninfo(row.wal_source), tenant, timeline)
+                    self._start_receiver(entry, row.wal_source)
+            raise
+        finally:
+            await conn.close()
+
+    def _row(self, tenant: TenantId, timeline: TimelineId) -> repo.TimelineRecord:
+        with self.sessions.begin() as s:
+            return repo.get_timeline(s, tenant, timeline)
+
+    def _set_source(self, tenant: TenantId, timeline: TimelineId, wal_source: str) -> None:
+        """The catalog row gets the source; page readers are told (they start following
+        the timeline's recent WAL)."""
+        with self.sessions.begin() as s:
+            repo.update_timeline(s, tenant, timeline, wal_source=wal_source, state_reason=None)
+            repo.notify_layers(s, tenant, timeline)
+
+    async def _drop_old_slot(self, tenant: TenantId, timeline: TimelineId, old_source: str,
+                             new_source: str) -> str:
+        """Drop the timeline's slot on the source it streamed from before, unless that is
+        the server it streams from now; what happened, for the operator."""
+        slot = timeline_slot_name(timeline)
+        old = mask_conninfo(old_source)
+        try:
+            if await _same_server(old_source, new_source):
+                return f"slot {slot} kept: the old WAL source {old} is the same server"
+            dropped = await drop_slot_at(old_source, slot, timeout=SLOT_DROP_TIMEOUT)
+        except (PagestoreError, OSError, TimeoutError) as e:
+            note = (f"slot {slot} on the old WAL source {old} could NOT be dropped "
+                    f"({describe(e)}): drop it there by hand, it keeps WAL: SELECT "
+                    f"pg_drop_replication_slot('{slot}')")
+            log.warning("%s tenant=%s timeline=%s", note, tenant, timeline)
+            return note
+        if dropped:
+            return f"dropped slot {slot} on the old WAL source {old}"
+        return f"slot {slot} was not on the old WAL source {old}"
+
     # ------------------------------------------------------------------ reads
     async def wait_for_lsn(self, tenant: TenantId, timeline: TimelineId, lsn: Lsn,
                            timeout: float) -> TimelineEntry:
@@ -355,6 +534,25 @@ class IngestManager:
         if not await e.progress.wait(lsn, timeout):
             raise LsnTimeout(f"timed out after {timeout:.1f}s waiting for WAL up to {lsn} on "
                              f"timeline {timeline} (last_record_lsn {e.tli.last_record_lsn})")
+        return e
+
+    async def checkpoint(self, tenant: TenantId, timeline: TimelineId,
+                         timeout: float) -> TimelineEntry:
+        """Freeze the open layer and flush until disk_consistent_lsn reaches the
+        last_record_lsn of now (the management API's checkpoint)."""
+        e = self.entry(tenant, timeline)
+        if e.receiver is None:
+            raise FailedPrecondition(f"timeline {timeline} is not streaming: nothing to flush")
+        target = e.tli.last_record_lsn
+        try:
+            async with asyncio.timeout(timeout):
+                await e.receiver.flush_through(target)
+        except TimeoutError:
+            raise Unavailable(f"timeline {timeline} did not flush through {target} within "
+                              f"{timeout:.0f}s (disk_consistent_lsn "
+                              f"{e.tli.disk_consistent_lsn}); retry") from None
+        log.info("checkpoint: flushed through %s tenant=%s timeline=%s", target, tenant,
+                 timeline)
         return e
 
     def _progress(self, entry: TimelineEntry) -> None:
@@ -411,3 +609,91 @@ class IngestManager:
         finally:
             if sub in e.subscribers:
                 e.subscribers.remove(sub)
+
+
+# --------------------------------------------------------------------------- WAL sources
+
+async def _connect_source(wal_source: str) -> ReplicationConnection:
+    """A replication connection to a WAL source; Unavailable naming it if that fails."""
+    where = mask_conninfo(wal_source)
+    try:
+        return await ReplicationConnection.connect(wal_source, connect_timeout=10)
+    except ReplicationError as e:
+        raise Unavailable(f"cannot connect to the WAL source {where}: {e.message}") from e
+    except ProtocolError as e:
+        raise Unavailable(f"the WAL source {where} does not speak the PostgreSQL "
+                          f"protocol: {e.message}") from e
+
+
+async def _check_history(conn: ReplicationConnection, tenant: TenantId, timeline: TimelineId,
+                         where: str, start: Lsn, prev: Lsn, system: SystemInfo, *,
+                         slot: str | None) -> None:
+    """The source's WAL at ``start`` must continue the timeline: a valid record there
+    whose xl_prev is ``prev`` (when known; WalStreamDecoder checks it, as the receiver
+    does).  Streams through ``slot`` (one just created) if given, reporting ``start``
+    as flushed first, so the slot keeps the WAL from there.  A source with no WAL beyond
+    ``start`` yet has nothing to compare: the receiver's decoder checks its first record
+    when it comes."""
+    if system.xlogpos <= start:
+        log.info("the WAL source %s has no WAL beyond %s yet: its first record is checked "
+                 "when it arrives tenant=%s timeline=%s", where, start, tenant, timeline)
+        return
+    stream = await conn.start_replication(start, slot=slot)
+    decoder = WalStreamDecoder(start, system_id=system.systemid, prev_lsn=prev or None)
+    try:
+        async with asyncio.timeout(HISTORY_CHECK_TIMEOUT):
+            if slot is not None:
+                await stream.send_status(start, start, start)
+            async for msg in stream:
+                if not isinstance(msg, XLogData):
+                    continue
+                if msg.data_start != decoder.buffered_end:
+                    raise ProtocolError(f"WAL from {where} starts at {msg.data_start}, "
+                                        f"expected {decoder.buffered_end}")
+                decoder.feed(msg.data)
+                rec = decoder.poll()
+                if rec is not None:
+                    log.info("the WAL source %s continues the timeline: record at %s, "
+                             "xl_prev %s tenant=%s timeline=%s", where, rec.lsn,
+                             Lsn(rec.header.xl_prev), tenant, timeline)
+                    break
+            else:
+                raise Unavailable(f"the WAL source {where} ended the stream before a whole "
+                                  f"record at {start}")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(HISTORY_CHECK_TIMEOUT):
+                await stream.stop()
+    except (CorruptWalError, EndOfWal) as e:
+        raise FailedPrecondition(
+            f"the WAL of {where} at {start} does not continue the history of timeline "
+            f"{timeline} (its last record starts at {prev or 'an unknown LSN'}): "
+            f"{describe(e)}") from None
+    except ReplicationServerError as e:
+        raise FailedPrecondition(
+            f"the WAL source {where} cannot stream from {start}, where timeline {timeline} "
+            f"continues: {e.message} (its WAL from there is gone: the timeline cannot "
+            "continue from this source)") from None
+    except TimeoutError:
+        raise Unavailable(f"the WAL source {where} sent no whole record at {start} within "
+                          f"{HISTORY_CHECK_TIMEOUT:.0f}s (its end of WAL is "
+                          f"{system.xlogpos}); retry") from None
+
+
+async def _same_server(a: str, b: str) -> bool:
+    """Whether two connection strings reach the same server: a temporary slot made
+    through ``b`` is looked for through ``a`` (it goes when its session ends)."""
+    if a == b:
+        return True
+    probe = f"pagestore_probe_{secrets.token_hex(8)}"
+    conn_b = await ReplicationConnection.connect(b, connect_timeout=SLOT_DROP_TIMEOUT)
+    try:
+        await conn_b.create_physical_slot(probe, reserve_wal=False, temporary=True)
+        conn_a = await ReplicationConnection.connect(a, connect_timeout=SLOT_DROP_TIMEOUT)
+        try:
+            found = await asyncio.wait_for(conn_a.read_replication_slot(probe),
+                                           SLOT_DROP_TIMEOUT)
+        finally:
+            await conn_a.close()
+        return found is not None
+    finally:
+        await conn_b.close()

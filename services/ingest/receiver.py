@@ -35,7 +35,7 @@ import time
 from typing import TYPE_CHECKING
 
 from pagestore import failpoints
-from pagestore.errors import ProtocolError
+from pagestore.errors import FailedPrecondition, ProtocolError
 from pagestore.lsn import Lsn
 from pagestore.pg.replication import (
     PrimaryKeepalive,
@@ -47,6 +47,7 @@ from pagestore.pg.replication import (
 )
 from pagestore.pg.waldecoder import WalStreamDecoder
 from pagestore.supervise import SupervisedLoop, describe
+from services.ingest.lag import IngestLag
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -76,9 +77,11 @@ class WalReceiver:
         self._mark_broken = mark_broken
         self.flush_reported = Lsn(0)
         self.received_lsn = tli.last_record_lsn
+        self.lag = IngestLag()  # the source's end of WAL, for /metrics
         self.broken_reason: str | None = None
         self._decode_failures = 0
         self._reload_pending = False
+        self._system_id: int | None = None  # the timeline's, read on the first connect
         self._frozen_ready = asyncio.Event()
         self._flushed = asyncio.Event()
         self._closing = False   # stop() was called: the flusher ends when it has nothing to do
@@ -167,10 +170,19 @@ class WalReceiver:
         conn = await ReplicationConnection.connect(
             self.wal_source, application_name=timeline_slot_name(tl.timeline_id), connect_timeout=10)
         try:
-            await conn.identify_system()
+            system = await conn.identify_system()
+            if self._system_id is None:
+                self._system_id = await asyncio.to_thread(tl.system_identifier)
+            if system.systemid != self._system_id:
+                # The connection string now reaches another database system: streaming
+                # from it would mix two histories.
+                raise FailedPrecondition(
+                    f"the WAL source {mask_conninfo(self.wal_source)} has system identifier "
+                    f"{system.systemid}, the timeline's is {self._system_id}")
             start = tl.last_record_lsn
             stream = await conn.start_replication(start, slot=timeline_slot_name(tl.timeline_id))
-            decoder = WalStreamDecoder(start, prev_lsn=tl.prev_record_lsn or None)
+            decoder = WalStreamDecoder(start, system_id=self._system_id,
+                                       prev_lsn=tl.prev_record_lsn or None)
             loop.detail = "streaming"
             last_status = 0.0
             stop_task = asyncio.create_task(loop.wait_stop_requested())
@@ -200,8 +212,10 @@ class WalReceiver:
                     if isinstance(msg, XLogData):
                         await failpoints.acheck("ingest-receiver-record")
                         self._handle_xlog(decoder, msg)
-                    elif isinstance(msg, PrimaryKeepalive) and msg.reply_requested:
-                        await self._send_status(conn, force=True)
+                    elif isinstance(msg, PrimaryKeepalive):
+                        self.lag.reported(msg.wal_end)
+                        if msg.reply_requested:
+                            await self._send_status(conn, force=True)
                     now = time.monotonic()
                     if (now - last_status >= STATUS_INTERVAL
                             or self.flush_reported != self.flush_position()):
@@ -221,6 +235,7 @@ class WalReceiver:
                                 f"{decoder.buffered_end}")
         decoder.feed(msg.data)
         self.received_lsn = decoder.buffered_end
+        self.lag.reported(msg.wal_end)
         batch: Values = []
         try:
             while (rec := decoder.poll()) is not None:
@@ -284,6 +299,17 @@ class WalReceiver:
             await asyncio.to_thread(tl.flush, layer)
             self._flushed.set()
             self._on_progress()
+
+    async def flush_through(self, lsn: Lsn) -> None:
+        """Freeze and flush now until disk_consistent_lsn reaches ``lsn`` (which must be
+        received already): a branch at ``lsn`` is about to read this timeline's layer
+        files.  The caller bounds the wait."""
+        while self.tli.disk_consistent_lsn < lsn:
+            self._freeze()
+            self._flushed.clear()
+            if self.tli.disk_consistent_lsn >= lsn:
+                break
+            await self._flushed.wait()
 
     async def _wait_flushed(self) -> None:
         """Until every frozen layer is flushed (the flusher retries failures itself)."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from pagestore import values
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from pagestore import metrics, values
 from pagestore.errors import BadRequest
 from pagestore.grpcutil import loop_status
 from pagestore.ids import TenantId, TimelineId
@@ -20,9 +22,10 @@ from services.ingest.manager import IngestManager, TimelineEntry
 from services.ingest.timeline import IngestSettings
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
 
     import grpc
+    from prometheus_client.metrics_core import Metric
 
     Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -78,6 +81,17 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         tenant, timeline = parse_timeline_ref(request)
         return self.lsns(await self.manager.resume(tenant, timeline))
 
+    async def AttachSource(self, request: ingest_pb2.AttachSourceRequest,
+                           context: Context) -> ingest_pb2.AttachSourceResponse:
+        tenant, timeline = parse_timeline_ref(request.timeline)
+        entry, note = await self.manager.attach_source(tenant, timeline, request.wal_source)
+        return ingest_pb2.AttachSourceResponse(lsns=self.lsns(entry), old_slot_note=note)
+
+    async def CheckpointTimeline(self, request: common_pb2.TimelineRef,
+                                 context: Context) -> ingest_pb2.TimelineLsns:
+        tenant, timeline = parse_timeline_ref(request)
+        return self.lsns(await self.manager.checkpoint(tenant, timeline, CHECKPOINT_TIMEOUT))
+
     async def SubscribeWal(self, request: ingest_pb2.SubscribeWalRequest,
                            context: Context) -> AsyncIterator[ingest_pb2.WalBatch]:
         tenant, timeline = parse_timeline_ref(request.timeline)
@@ -91,6 +105,37 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                 disk_consistent_lsn=int(batch.disk_consistent_lsn))
 
 
+#: How long a checkpoint waits for its flush.
+CHECKPOINT_TIMEOUT = 60.0
+
+
+def collect_metrics(manager: IngestManager) -> Iterator[Metric]:
+    """Per-timeline ingest state for /metrics: LSNs, lag behind the WAL source, records."""
+    labels = ["tenant_id", "timeline_id"]
+    lag_bytes = GaugeMetricFamily("pagestore_ingest_lag_bytes", "WAL the source has "
+                                  "(its reported end of WAL) that ingest has not received.",
+                                  labels=labels)
+    lag_seconds = GaugeMetricFamily("pagestore_ingest_lag_seconds", "How long the oldest "
+                                    "WAL the source reported and ingest has not received "
+                                    "yet has been waiting (0: caught up).", labels=labels)
+    records = CounterMetricFamily("pagestore_wal_records", "WAL records ingested (since "
+                                  "the timeline was loaded by this process).", labels=labels)
+    last = GaugeMetricFamily("pagestore_last_record_lsn", "The end of the last WAL record "
+                             "ingested.", labels=labels)
+    disk = GaugeMetricFamily("pagestore_disk_consistent_lsn", "The LSN up to which "
+                             "ingested WAL is in layer files.", labels=labels)
+    for (tenant, timeline), e in list(manager.timelines.items()):
+        ids = [str(tenant), str(timeline)]
+        records.add_metric(ids, e.tli.records)
+        last.add_metric(ids, int(e.tli.last_record_lsn))
+        disk.add_metric(ids, int(e.tli.disk_consistent_lsn))
+        if e.receiver is not None:
+            got = int(e.receiver.received_lsn)
+            lag_bytes.add_metric(ids, e.receiver.lag.bytes_behind(got))
+            lag_seconds.add_metric(ids, e.receiver.lag.seconds_behind(got))
+    yield from (lag_bytes, lag_seconds, records, last, disk)
+
+
 async def setup(ctx: ServiceContext) -> None:
     assert ctx.catalog is not None
     cfg = ctx.config.ingest
@@ -100,6 +145,7 @@ async def setup(ctx: ServiceContext) -> None:
                             IngestSettings(cfg.checkpoint_distance, float(cfg.checkpoint_timeout)),
                             shutdown_budget=budget, layer_files=ctx.layer_files)
     ingest_pb2_grpc.add_IngestServicer_to_server(IngestServicer(manager), ctx.grpc.server)
+    metrics.register_collector(lambda: collect_metrics(manager))
     await manager.start_existing()
     ctx.grpc.on_shutdown.append(manager.shutdown)
 

@@ -29,14 +29,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pagestore import failpoints, metadata, reldir, values
+from pagestore.ancestors import ancestor_view
 from pagestore.catalog import repo
-from pagestore.errors import PagestoreError
+from pagestore.errors import FailedPrecondition, PagestoreError
 from pagestore.keys import (
     KEY_MAX,
     KEY_MIN,
     RelTag,
     SlruKind,
     checkpoint_key,
+    commit_timestamp_key,
     controlfile_key,
     dbdir_key,
     rel_size_key,
@@ -51,8 +53,9 @@ from pagestore.layers.inmemory import InMemoryLayer
 from pagestore.layers.layermap import LayerMap
 from pagestore.layers.names import LayerKind
 from pagestore.lsn import Lsn
-from pagestore.pg.controlfile import CheckPoint
+from pagestore.pg.controlfile import CheckPoint, ControlFile
 from pagestore.timeline import TimelineView
+from pagestore.timestamps import decode_commit_timestamp
 from services.ingest.walingest import TimelineState, Values, WalIngest
 
 if TYPE_CHECKING:
@@ -100,6 +103,8 @@ def load_state(view: TimelineView, lsn: Lsn) -> TimelineState:
     raw = view.image(checkpoint_key(), lsn)
     st.checkpoint = CheckPoint.unpack(raw) if raw else None
     st.control = view.image(controlfile_key(), lsn)
+    raw = view.image(commit_timestamp_key(), lsn)
+    st.commit_timestamp = decode_commit_timestamp(raw) if raw else None
     return st
 
 
@@ -109,14 +114,19 @@ class TimelineIngest:
     def __init__(self, tenant_id: TenantId, timeline_id: TimelineId, timeline_dir: Path,
                  sessions: sessionmaker[Session], settings: IngestSettings, *,
                  layers: LayerMap, state: TimelineState, last_record_lsn: Lsn,
-                 prev_record_lsn: Lsn, disk_consistent_lsn: Lsn) -> None:
+                 prev_record_lsn: Lsn, disk_consistent_lsn: Lsn,
+                 ancestor: TimelineView | None = None,
+                 ancestor_lsn: Lsn = Lsn.INVALID) -> None:
         self.tenant_id = tenant_id
         self.timeline_id = timeline_id
         self.dir = timeline_dir
         self.sessions = sessions
         self.settings = settings
         self.layers = layers
-        self.view = TimelineView(layers, sources=self.sources,
+        # A branch reads what its own layers do not hold from its ancestors as of the
+        # branch point (pagestore.ancestors): the state load and WalIngest's page reads.
+        self.view = TimelineView(layers, sources=self.sources, ancestor=ancestor,
+                                 ancestor_lsn=ancestor_lsn,
                                  refresh=lambda _lsn: self.reload_layers())
         self.walingest = WalIngest(state, read_page=self.view.value)
         self.last_record_lsn = last_record_lsn
@@ -145,14 +155,23 @@ class TimelineIngest:
                           opener=layer_files.opener(tenant_id, timeline_id)
                           if layer_files is not None else None)
         lsn = tl.disk_consistent_lsn
-        state = load_state(TimelineView(layers), lsn)
+        # Timelines of a tenant are sibling directories (pagestore.timeline.timeline_dir).
+        ancestor = ancestor_view(sessions, lambda t: timeline_dir.parent / str(t), tl,
+                                 opener=lambda t: layer_files.opener(tenant_id, t)
+                                 if layer_files is not None else None)
+        ancestor_lsn = tl.ancestor_lsn or Lsn.INVALID
+        state = load_state(TimelineView(layers, ancestor=ancestor, ancestor_lsn=ancestor_lsn),
+                           lsn)
         log.info("timeline loaded disk_consistent_lsn=%s layers=%d relations=%d "
-                 "tenant=%s timeline=%s", lsn, len(layer_rows), len(state.relsizes),
-                 tenant_id, timeline_id)
+                 "ancestor=%s ancestor_lsn=%s tenant=%s timeline=%s", lsn, len(layer_rows),
+                 len(state.relsizes), tl.ancestor_timeline_id, tl.ancestor_lsn, tenant_id,
+                 timeline_id)
+        # A branch starts with prev_record_lsn 0 (the record that ends at its branch point
+        # is not known): its first record's xl_prev is then not checked, every later one is.
         prev = tl.prev_record_lsn if tl.last_record_lsn == lsn else Lsn(0)
         tli = cls(tenant_id, timeline_id, timeline_dir, sessions, settings, layers=layers,
                   state=state, last_record_lsn=lsn, prev_record_lsn=prev,
-                  disk_consistent_lsn=lsn)
+                  disk_consistent_lsn=lsn, ancestor=ancestor, ancestor_lsn=ancestor_lsn)
         if layer_files is not None and layer_files.storage is not None:
             tli.remote_consistent_lsn = tl.remote_consistent_lsn
         return tli
@@ -171,6 +190,16 @@ class TimelineIngest:
     def oldest_frozen(self) -> InMemoryLayer | None:
         with self._lock:
             return self.frozen[0] if self.frozen else None
+
+    def system_identifier(self) -> int:
+        """The database system identifier of the timeline's history: its pg_control key
+        read at last_record_lsn (through the ancestors for a branch).  Blocking reads:
+        call it in a thread."""
+        raw = self.view.image(controlfile_key(), self.last_record_lsn)
+        if raw is None:
+            raise FailedPrecondition(f"timeline {self.timeline_id} has no pg_control at "
+                                     f"{self.last_record_lsn}: it holds no imported database")
+        return ControlFile.parse(raw).system_identifier
 
     def reload_layers(self) -> bool:
         """Take the catalog's layer map if it is newer than the one held (housekeeping

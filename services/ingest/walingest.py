@@ -16,8 +16,9 @@ Rules:
 - Heap records that clear visibility-map bits without registering the VM page produce
   ClearVmBits values on the VM page (facts sheet 3.12).
 - Metadata keys (relation sizes and directories, database directory, SLRU segments,
-  relmap, twophase, checkpoint) are kept current in ``TimelineState`` and written as
-  whole images whenever they change; an empty image marks a removed key.
+  relmap, twophase, checkpoint, the newest commit timestamp) are kept current in
+  ``TimelineState`` and written as whole images whenever they change; an empty image
+  marks a removed key.
 - A record whose rmgr or type this code does not know raises UnsupportedWalRecord naming
   the rmgr and info.  Nothing is guessed.
 """
@@ -39,6 +40,7 @@ from pagestore.keys import (
     RelTag,
     SlruKind,
     checkpoint_key,
+    commit_timestamp_key,
     dbdir_key,
     rel_block_key,
     rel_block_key_bytes,
@@ -58,6 +60,7 @@ from pagestore.redo import heap as heap_redo
 from pagestore.redo import visibilitymap as vm
 from pagestore.redo.bufpage import new_page
 from pagestore.reldir import RelDir
+from pagestore.timestamps import COMMIT_TIMESTAMP
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +155,12 @@ class TimelineState:
     twophase: set[int] = field(default_factory=set)
     checkpoint: CheckPoint | None = None
     control: bytes | None = None
+    #: The newest commit timestamp so far (TimestampTz; pagestore.timestamps), or None.
+    commit_timestamp: int | None = None
 
 
 _RM_XLOG, _RM_HEAP, _RM_HEAP2 = int(RmgrId.XLOG), int(RmgrId.HEAP), int(RmgrId.HEAP2)
+_COMMIT_TIMESTAMP_KEY = commit_timestamp_key()
 
 #: What ingest produces: (18-byte key, LSN, value).
 Values = list[tuple[bytes, int, bytes]]
@@ -379,6 +385,12 @@ class WalIngest:
         if op not in (XLOG_XACT_COMMIT, XLOG_XACT_ABORT, XLOG_XACT_COMMIT_PREPARED,
                       XLOG_XACT_ABORT_PREPARED):
             _unsupported(rec)
+        if op == XLOG_XACT_COMMIT or op == XLOG_XACT_COMMIT_PREPARED:
+            # xl_xact_commit.xact_time; the key keeps the newest (monotone in LSN).
+            (xact_time,) = COMMIT_TIMESTAMP.unpack_from(rec.main_data, 0)
+            if st.commit_timestamp is None or xact_time > st.commit_timestamp:
+                st.commit_timestamp = xact_time
+                batch.put_meta(_COMMIT_TIMESTAMP_KEY, COMMIT_TIMESTAMP.pack(xact_time))
         parsed = _parse_commit_abort(rec, is_commit=op in (XLOG_XACT_COMMIT,
                                                            XLOG_XACT_COMMIT_PREPARED))
         xid = parsed.twophase_xid if op in (XLOG_XACT_COMMIT_PREPARED,

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 import psycopg
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy.engine import make_url
 
 from pagestore import failpoints, values
@@ -56,10 +57,11 @@ from pagestore.timeline import timeline_dir
 from services.pageread.timeline import TimelineReader
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterator
     from pathlib import Path
 
     import sqlalchemy as sa
+    from prometheus_client.metrics_core import Metric
 
     from pagestore.config import Config
     from pagestore.ids import TenantId, TimelineId
@@ -194,6 +196,32 @@ class PageReadManager:
         await asyncio.gather(self.listener.stop(), *(f.stop() for f in self.followers.values()),
                              *([self.evictor.stop()] if self.evictor else []))
 
+    def collect_metrics(self) -> Iterator[Metric]:
+        """Per-timeline read state and the caches' counters, for /metrics."""
+        labels = ["tenant_id", "timeline_id"]
+        last = GaugeMetricFamily("pagestore_pageread_last_record_lsn", "The newest LSN "
+                                 "the page-read service can serve without waiting.", labels=labels)
+        tail = GaugeMetricFamily("pagestore_pageread_tail_bytes", "Recent WAL values held "
+                                 "in memory (not yet in a layer file).", labels=labels)
+        cache = CounterMetricFamily("pagestore_page_cache_lookups", "Page cache lookups of "
+                                    "pages that need redo, by result.", labels=["result"])
+        sizes = CounterMetricFamily("pagestore_rel_size_cache_lookups", "Relation size "
+                                    "cache lookups, by result.", labels=["result"])
+        hits = misses = size_hits = size_misses = 0
+        for (tenant, timeline), r in list(self.readers.items()):
+            ids = [str(tenant), str(timeline)]
+            last.add_metric(ids, int(r.last_record_lsn))
+            tail.add_metric(ids, r.tail.bytes)
+            hits += r.cache.hits
+            misses += r.cache.misses
+            size_hits += r.sizes.hits
+            size_misses += r.sizes.misses
+        cache.add_metric(["hit"], hits)
+        cache.add_metric(["miss"], misses)
+        sizes.add_metric(["hit"], size_hits)
+        sizes.add_metric(["miss"], size_misses)
+        yield from (last, tail, cache, sizes)
+
     def loops(self, tenant: TenantId, timeline: TimelineId) -> list[SupervisedLoop]:
         follower = self.followers.get((tenant, timeline))
         return [*([follower] if follower else []), self.listener,
@@ -262,15 +290,25 @@ class PageReadManager:
             raw = await r.run(r.image, controlfile_key(), Lsn(Lsn.MAX - 1))
             self._ctx[key] = RedoContext.from_control_file(raw) if raw else RedoContext()
             self.readers[key] = r
-            if row.wal_source:  # a branch without a compute writing to it has no new WAL
-                self.followers[key] = SupervisedLoop(
-                    "pageread", "tail-follower", lambda loop: self._follow(loop, r),
-                    tenant=tenant, timeline=timeline, restart_on_return=True,
-                    backoff_max=FOLLOWER_BACKOFF_MAX).start()
+            self._follow_if_streamed(r, row)
             log.info("timeline loaded layers=%d disk_consistent_lsn=%s layers_version=%d "
                      "tenant=%s timeline=%s", len(rows), row.disk_consistent_lsn,
                      row.layers_version, tenant, timeline)
             return r
+
+    def _follow_if_streamed(self, r: TimelineReader, row: repo.TimelineRecord) -> None:
+        """Start the tail follower of a timeline that has a WAL source (at load, or when
+        the catalog says a branch got one: ``attach-source``); a branch without one has
+        no new WAL to follow."""
+        key = (r.tenant_id, r.timeline_id)
+        if not row.wal_source or key in self.followers or self.readers.get(key) is not r:
+            return
+        self.followers[key] = SupervisedLoop(
+            "pageread", "tail-follower", lambda loop: self._follow(loop, r),
+            tenant=r.tenant_id, timeline=r.timeline_id, restart_on_return=True,
+            backoff_max=FOLLOWER_BACKOFF_MAX).start()
+        log.info("following the timeline's recent WAL from %s tenant=%s timeline=%s",
+                 r.layers_disk_consistent_lsn, r.tenant_id, r.timeline_id)
 
     def _load_rows(self, tenant: TenantId, timeline: TimelineId
                    ) -> tuple[repo.TimelineRecord, list[LayerDesc], set[int]]:
@@ -338,6 +376,7 @@ class PageReadManager:
                 log.debug("layer map reloaded layers=%d layers_version=%d "
                           "disk_consistent_lsn=%s", len(rows), row.layers_version,
                           row.disk_consistent_lsn)
+            self._follow_if_streamed(r, row)
 
     async def _follow(self, loop: SupervisedLoop, r: TimelineReader) -> None:
         """Keep the recent tail current from the ingest service (one subscription)."""

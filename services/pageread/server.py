@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from pagestore import metrics
 from pagestore.errors import BadRequest, PagestoreError
 from pagestore.grpcutil import (
     ANSWER_ORDER_METADATA_KEY,
@@ -30,6 +32,7 @@ from pagestore.grpcutil import (
 from pagestore.ids import TenantId, TimelineId
 from pagestore.keys import RelTag, SlruKind
 from pagestore.lsn import Lsn
+from pagestore.pg.replication import PG_EPOCH_UNIX_US
 from pagestore.proto import page_service_pb2 as pb
 from pagestore.proto import page_service_pb2_grpc, pageread_pb2, pageread_pb2_grpc
 from pagestore.service import ServiceContext, run_service
@@ -191,6 +194,7 @@ class PageService(page_service_pb2_grpc.PageServiceServicer):
                 task.cancel()
 
     async def _get_page(self, r: TimelineReader, req: pb.GetPageRequest) -> pb.GetPageResponse:
+        started = time.perf_counter()
         resp = pb.GetPageResponse(request_id=req.request_id)
         try:
             if not req.HasField("request_id"):
@@ -217,12 +221,15 @@ class PageService(page_service_pb2_grpc.PageServiceServicer):
             resp.status_code = pb.GET_PAGE_STATUS_CODE_OK
             resp.rel.CopyFrom(req.rel)
             resp.page.extend(pb.Page(block_number=b, image=p) for b, p in zip(blocks, pages, strict=True))
+            metrics.GETPAGE_PAGES.labels("pageread").inc(len(blocks))
         except PagestoreError as e:
             code = STATUS_BY_CODE.get(e.grpc_code)
             if code is None:
                 raise  # e.g. UNAVAILABLE: ends the stream (grpcutil maps it)
             resp.status_code = code
             resp.reason = e.message
+            metrics.ERRORS.labels("pageread", type(e).__name__).inc()
+        metrics.GETPAGE_LATENCY.labels("pageread").observe(time.perf_counter() - started)
         return resp
 
     async def GetRelSize(self, request: pb.GetRelSizeRequest,
@@ -304,6 +311,27 @@ class PageReadExtras(pageread_pb2_grpc.PageReadExtrasServicer):
             disk_consistent_lsn=int(r.layers_disk_consistent_lsn),
             layers_version=r.layers_version, tail_bytes=r.tail.bytes, loops=loops)
 
+    async def GetLsnByTimestamp(self, request: pageread_pb2.GetLsnByTimestampRequest,
+                                context: Context) -> pageread_pb2.GetLsnByTimestampResponse:
+        tenant, timeline = request_ids(context)
+        if not request.HasField("timestamp"):
+            raise BadRequest("required field 'timestamp' is missing")
+        r = await self.manager.reader(tenant, timeline)
+        target = request.timestamp.ToMicroseconds() - PG_EPOCH_UNIX_US
+        found = await r.lsn_by_timestamp(target)
+        log.info("lsn by timestamp timestamp=%s kind=%s lsn=%s",
+                 request.timestamp.ToJsonString(), found.kind.value, found.lsn)
+        return pageread_pb2.GetLsnByTimestampResponse(lsn=int(found.lsn), kind=found.kind.value)
+
+    async def GetTimestampOfLsn(self, request: pageread_pb2.GetTimestampOfLsnRequest,
+                                context: Context) -> pageread_pb2.GetTimestampOfLsnResponse:
+        tenant, timeline = request_ids(context)
+        r = await self.manager.reader(tenant, timeline)
+        ts = await r.timestamp_of_lsn(Lsn(request.lsn))
+        out = Timestamp()
+        out.FromMicroseconds(ts + PG_EPOCH_UNIX_US)
+        return pageread_pb2.GetTimestampOfLsnResponse(timestamp=out)
+
     async def ListRelations(self, request: pageread_pb2.ListRelationsRequest,
                             context: Context) -> pageread_pb2.ListRelationsResponse:
         tenant, timeline = request_ids(context)
@@ -320,6 +348,7 @@ async def setup(ctx: ServiceContext) -> None:
     assert ctx.catalog is not None
     manager = PageReadManager(ctx.catalog, ctx.workdir, ctx.config, layer_files=ctx.layer_files)
     await manager.start()
+    metrics.register_collector(manager.collect_metrics)
     page_service_pb2_grpc.add_PageServiceServicer_to_server(PageService(manager), ctx.grpc.server)
     pageread_pb2_grpc.add_PageReadExtrasServicer_to_server(PageReadExtras(manager),
                                                            ctx.grpc.server)

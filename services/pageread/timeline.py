@@ -27,7 +27,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pagestore.errors import BadRequest, LsnOutOfRange, LsnTimeout, NotFound
+from pagestore.errors import BadRequest, FailedPrecondition, LsnOutOfRange, LsnTimeout, NotFound
 from pagestore.keys import (
     BLCKSZ,
     Key,
@@ -40,6 +40,12 @@ from pagestore.keys import (
 from pagestore.layers.inmemory import InMemoryLayer
 from pagestore.lsn import Lsn
 from pagestore.timeline import TimelineView
+from pagestore.timestamps import (
+    LsnForTimestamp,
+    commit_timestamp_reader,
+    find_lsn_by_timestamp,
+    timestamp_of_lsn,
+)
 from pagestore.waiting import LsnWaiter
 
 if TYPE_CHECKING:
@@ -383,6 +389,37 @@ class TimelineReader:
                 f"LSN {effective} is below {self.min_readable_lsn}, the first readable LSN of "
                 f"timeline {self.timeline_id} (where its base backup becomes consistent)")
         return effective
+
+    # ------------------------------------------------------------------ time
+    def timestamp_search_range(self) -> tuple[Lsn, Lsn]:
+        """[oldest, newest] LSN a search by time reads: from the GC cutoff, the first
+        readable LSN and, for a branch, its branch point (whichever is highest) to the last
+        record received."""
+        low = max(self.gc_cutoff_lsn, self.min_readable_lsn,
+                  self.view.ancestor_lsn if self.ancestor is not None else Lsn.INVALID)
+        return Lsn(low), self.last_record_lsn
+
+    async def lsn_by_timestamp(self, target_ts: int) -> LsnForTimestamp:
+        """pagestore.timestamps.find_lsn_by_timestamp over this timeline's view (its tail,
+        layers and ancestor) in ``timestamp_search_range``."""
+        low, high = self.timestamp_search_range()
+        return await self.run(find_lsn_by_timestamp, commit_timestamp_reader(self.view.image),
+                              target_ts, low, high)
+
+    async def timestamp_of_lsn(self, lsn: Lsn) -> int:
+        """The newest commit timestamp at or below ``lsn``.  Out of range (beyond the last
+        record, or below what effective_lsn serves) is LsnOutOfRange, no commit there
+        FailedPrecondition."""
+        last = self.last_record_lsn
+        if lsn > last:
+            raise LsnOutOfRange(f"LSN {lsn} is beyond the last record {last} of timeline "
+                                f"{self.timeline_id}")
+        lsn = await self.effective_lsn(lsn, 0)  # <= last: no wait, the usual range checks
+        ts = await self.run(timestamp_of_lsn, commit_timestamp_reader(self.view.image), lsn)
+        if ts is None:
+            raise FailedPrecondition(f"Timestamp for lsn {lsn} not found: no transaction "
+                                     f"commit at or below it in timeline {self.timeline_id}")
+        return ts
 
     # ------------------------------------------------------------------ metadata
     async def slru_segment(self, kind: SlruKind, segno: int, lsn: Lsn) -> bytes:

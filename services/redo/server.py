@@ -25,7 +25,7 @@ import time
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
-from pagestore import failpoints
+from pagestore import failpoints, metrics
 from pagestore.errors import PagestoreError
 from pagestore.proto import redo_pb2, redo_pb2_grpc
 from pagestore.service import ServiceContext, run_service
@@ -163,6 +163,7 @@ class RedoPool:
             if self._pool is not broken:
                 return  # another batch restarted it already
             self.worker_deaths += 1
+            metrics.REDO_WORKER_DEATHS.inc()
             log.error("a redo worker process died (%d so far); the requests the workers "
                       "held failed; starting the workers again", self.worker_deaths)
             await asyncio.to_thread(self.stop)
@@ -175,12 +176,24 @@ class RedoServicer(redo_pb2_grpc.RedoServicer):
 
     async def Redo(self, request: redo_pb2.RedoRequest,
                    context: Context) -> redo_pb2.RedoResponse:
+        started = time.perf_counter()
         await failpoints.acheck("redo-apply")
-        return redo_pb2.RedoResponse(page=await asyncio.to_thread(redo_one, request))
+        page = await asyncio.to_thread(redo_one, request)
+        metrics.REDO_RECORDS.inc(len(request.records))
+        metrics.REDO_PAGES.inc()
+        metrics.REDO_LATENCY.observe(time.perf_counter() - started)
+        return redo_pb2.RedoResponse(page=page)
 
     async def RedoBatch(self, request: redo_pb2.RedoBatchRequest,
                         context: Context) -> redo_pb2.RedoBatchResponse:
-        return await self.pool.run(list(request.requests))
+        started = time.perf_counter()
+        reqs = list(request.requests)
+        resp = await self.pool.run(reqs)
+        done = [req for req, res in zip(reqs, resp.results, strict=True) if not res.error]
+        metrics.REDO_RECORDS.inc(_records(done))
+        metrics.REDO_PAGES.inc(len(done))
+        metrics.REDO_LATENCY.observe(time.perf_counter() - started)
+        return resp
 
 
 async def setup(ctx: ServiceContext) -> None:

@@ -33,8 +33,9 @@ def test_key_space_layout() -> None:
     assert not keys.slru_segment_size_key(keys.SlruKind.CLOG, 0).is_slru_block()
     ordered = [keys.dbdir_key(), keys.rel_block_key(rel, 0), keys.slru_dir_key(keys.SlruKind.CLOG),
                keys.twophase_dir_key(), keys.twophase_file_key(1000), keys.controlfile_key(),
-               keys.checkpoint_key()]
+               keys.checkpoint_key(), keys.commit_timestamp_key()]
     assert ordered == sorted(ordered)
+    assert keys.commit_timestamp_key().is_metadata()
     assert str(RelTag(1663, 5, 16384, 2)) == "1663/5/16384_vm"
 
 

@@ -107,10 +107,8 @@ def error_text(err: PagestoreError) -> str:
 
 
 def _observe_getpage(started: float, fut: asyncio.Future[bytes]) -> None:
-    """A pagestream GetPage is answered (or failed): its latency for /metrics."""
+    """A pagestream GetPage is answered (a page or an error): its latency for /metrics."""
     metrics.GETPAGE_LATENCY.labels("gateway").observe(time.perf_counter() - started)
-    if not fut.cancelled() and fut.exception() is None:
-        metrics.GETPAGE_PAGES.labels("gateway").inc()
 
 
 def _retry_singly(err: PagestoreError) -> bool:
@@ -282,6 +280,7 @@ class Pagestream:
                 if not fut.done():
                     fut.set_exception(e)
             return
+        metrics.GETPAGE_PAGES.labels("gateway").inc(len(members))
         for (req, fut), image in zip(members, images, strict=True):
             if not fut.done():
                 fut.set_result(ps.encode_response(ps.GetPageResponse(image), req, self.version))

@@ -145,6 +145,7 @@ from pagestore.redo.bufpage import PD_CHECKSUM_OFF, PD_UPPER_OFF
 
 if TYPE_CHECKING:
     from pagestore.keys import Key
+    from pagestore.pg.xlogrecord import DecodedRecord
 
 log = logging.getLogger(__name__)
 
@@ -446,6 +447,15 @@ def checkpoint_record(ckpt: CheckPoint, xl_prev: int) -> bytes:
                                      XLOG_CHECKPOINT_SHUTDOWN, RmgrId.XLOG, 0) + body)
     CRC_LE.pack_into(raw, XL_CRC_OFFSET, record_crc(raw))
     return bytes(raw)
+
+
+def is_backup_checkpoint(rec: DecodedRecord, lsn: Lsn) -> bool:
+    """Whether ``rec`` is the record a full backup at ``lsn`` starts its WAL with (what a
+    PostgreSQL started from it streams first): a shutdown checkpoint at normalize(lsn)
+    whose redo is itself."""
+    return (rec.rmid == RmgrId.XLOG and rec.rmgr_info == XLOG_CHECKPOINT_SHUTDOWN
+            and rec.lsn == normalize_lsn(lsn) and len(rec.main_data) >= 8
+            and CheckPoint.unpack(rec.main_data).redo == rec.lsn)
 
 
 @dataclass(frozen=True, slots=True)

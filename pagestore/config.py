@@ -45,6 +45,8 @@ class Duration(float):
         "ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0,
         "d": 86400.0,
     }
+    #: The longest duration accepted (100 years): times computed from it stay in range.
+    MAX: typing.ClassVar[float] = 100 * 365 * 86400.0
     _RE: typing.ClassVar[re.Pattern[str]] = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
 
     @classmethod
@@ -54,12 +56,19 @@ class Duration(float):
         if isinstance(value, int | float):
             if value < 0:
                 raise ValueError("a duration cannot be negative")
-            return cls(value)
+            return cls._bounded(float(value))
         if isinstance(value, str):
             m = cls._RE.match(value)
             if m and (m.group(2) or "s") in cls._UNITS:
-                return cls(float(m.group(1)) * cls._UNITS[m.group(2) or "s"])
+                return cls._bounded(float(m.group(1)) * cls._UNITS[m.group(2) or "s"])
         raise ValueError(f"expected a duration such as '10s', '500ms' or '5m', got {value!r}")
+
+    @classmethod
+    def _bounded(cls, seconds: float) -> Duration:
+        if not seconds <= cls.MAX:  # NaN too
+            raise ValueError(f"a duration longer than {int(cls.MAX // 86400)} days is not "
+                             "supported")
+        return cls(seconds)
 
     def to_toml(self) -> str:
         for unit, seconds in (("d", 86400), ("h", 3600), ("m", 60)):

@@ -112,7 +112,10 @@ def parse_time(text: str, field: str) -> datetime.datetime:
                          "(e.g. 2026-11-30T07:00:00Z)") from None
     if when.tzinfo is None:
         raise BadRequest(f"{field}: {text!r} has no time zone (RFC 3339 needs one, e.g. Z)")
-    return when
+    try:
+        return when.astimezone(datetime.UTC)
+    except OverflowError:
+        raise BadRequest(f"{field}: {text!r} is out of range") from None
 
 
 def parse_lsn(value: object, field: str) -> Lsn:
@@ -164,7 +167,7 @@ async def json_body(request: web.Request, allowed: set[str], *,
         return {}
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise BadRequest(f"the request body is not valid JSON: {e}") from None
     if body is None and not required:
         return {}
@@ -410,7 +413,7 @@ class ManagementApi:
         is already gone, as Neon answers."""
         tid = tenant_arg(request)
         try:
-            await self.hk.delete_tenant(TenantId.parse(tid))
+            await self.hk.delete_tenant(TenantId.parse(tid), force=parse_bool(request, "force"))
         except TenantNotFound:
             pass
         return web.json_response(None, status=200)
@@ -487,21 +490,23 @@ class ManagementApi:
                              "one node at a time (AttachedSingle) or detaches it")
         if body.get("shard_count") not in (None, 0, 1) or body.get("shard_number") not in (None, 0):
             raise BadRequest("pagestore does not shard tenants: shard_count must be 0 or 1")
-        conf = body.get("tenant_conf") or {}
-        if not isinstance(conf, dict):
+        conf = body.get("tenant_conf")
+        if conf is not None and not isinstance(conf, dict):
             raise BadRequest("tenant_conf: expected an object")
+        known = {f.name for f in dataclasses.fields(TenantConfig)}
+        changes = {k: v for k, v in (conf or {}).items() if v is not None}
+        unknown = sorted(set(conf or {}) - known)
+        if unknown:
+            raise BadRequest(f"tenant_conf: unknown field(s) {', '.join(unknown)}")
+        self._validate(changes)  # before anything is attached
         if mode == "Detached":
             await self._detach(tid, force=False)
         else:
-            if not isinstance(body.get("generation"), int):
+            generation = body.get("generation")
+            if not isinstance(generation, int) or isinstance(generation, bool):
                 raise BadRequest("generation: required for an attached mode (an integer)")
             await self._attach(tid)
-            if conf:
-                known = {f.name for f in dataclasses.fields(TenantConfig)}
-                unknown = sorted(set(conf) - known)
-                if unknown:
-                    raise BadRequest(f"tenant_conf: unknown field(s) {', '.join(unknown)}")
-                changes = {k: v for k, v in conf.items() if v is not None}
+            if conf is not None:  # the tenant's settings become exactly these
                 await self._set_config(tid, changes, sorted(known - set(changes)))
         return web.json_response({"shards": [{"shard_id": tid, "node_id": self.node_id}],
                                   "stripe_size": None})
@@ -622,9 +627,13 @@ class ManagementApi:
 
     async def compact(self, request: web.Request) -> web.Response:
         tid, tlid = tenant_arg(request), timeline_arg(request)
-        await json_body(request, {"scheduled", "sub_compaction", "compact_key_range",
-                                  "compact_lsn_range", "sub_compaction_max_job_size_mb"},
-                        required=False)
+        options = await json_body(request, {"scheduled", "sub_compaction", "compact_key_range",
+                                            "compact_lsn_range",
+                                            "sub_compaction_max_job_size_mb"}, required=False)
+        given = sorted(k for k, v in options.items() if v not in (None, False))
+        if given:
+            raise BadRequest(f"{', '.join(given)}: not supported (pagestore compacts the whole "
+                             "key and LSN range of the timeline)")
         await self.hk.CompactTimeline(housekeeping_pb2.CompactTimelineRequest(
             tenant_id=tid, timeline_id=tlid,
             force_l0_compaction=parse_bool(request, "force_l0_compaction"),

@@ -26,6 +26,7 @@ from pagestore.errors import (
     ConfigError,
     FailedPrecondition,
     NotFound,
+    Unavailable,
     from_rpc_error,
 )
 from pagestore.grpcutil import (
@@ -456,6 +457,11 @@ class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
                 timeline=common_pb2.TimelineRef(tenant_id=str(tid), timeline_id=str(tlid)),
                 wal_source=request.wal_source), timeout=ATTACH_SOURCE_TIMEOUT)
         except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise Unavailable(
+                    f"the attach of timeline {tlid} to {mask_conninfo(request.wal_source)} "
+                    f"did not finish within {ATTACH_SOURCE_TIMEOUT:.0f}s; it goes on in the "
+                    "ingest service: `pagestore timeline status` shows its outcome") from None
             raise from_rpc_error(e) from None
         rec = await asyncio.to_thread(self.tenants.get_timeline, tid, tlid)
         return housekeeping_pb2.AttachSourceResponse(
@@ -490,9 +496,12 @@ class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
         return housekeeping_pb2.DeleteTimelineResponse(slot_note=note)
 
 
-    async def delete_tenant(self, tid: TenantId) -> None:
+    async def delete_tenant(self, tid: TenantId, *, force: bool = False) -> None:
         """Delete every timeline of the tenant (branches before their ancestors, each as
-        DeleteTimeline does), its remote objects, then the tenant."""
+        DeleteTimeline does, ``force`` as there: a slot that cannot be dropped is left
+        and logged), its remote objects, then the tenant.  Without force, a timeline whose
+        slot cannot be dropped stops it there (412): the timelines before it are gone, the
+        rest and the tenant stay, and the delete can be repeated."""
         timelines = await asyncio.to_thread(self.tenants.list_timelines, tid)
         by_id = {t.timeline_id: t for t in timelines}
 
@@ -504,7 +513,8 @@ class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
 
         for tl in sorted(timelines, key=depth, reverse=True):
             await self.DeleteTimeline(housekeeping_pb2.DeleteTimelineRequest(
-                tenant_id=str(tid), timeline_id=str(tl.timeline_id)), None)  # type: ignore[arg-type]
+                tenant_id=str(tid), timeline_id=str(tl.timeline_id), force=force),
+                None)  # type: ignore[arg-type]
         if self.remote is not None:
             n = await asyncio.to_thread(self.remote.delete_tenant_objects, tid)
             log.info("deleted %d remote objects of tenant %s", n, tid)

@@ -93,7 +93,11 @@ class TenantManager:
             # pass a branch point being created.
             parent = repo.lock_timeline(s, tenant_id, ancestor_id)
             last = ancestor_last_record_lsn or parent.last_record_lsn
-            lsn = Lsn((int(ancestor_lsn) + 7) & ~7) if ancestor_lsn else last
+            wanted = (int(ancestor_lsn) + 7) & ~7 if ancestor_lsn else int(last)
+            if wanted > last:  # (also what would not fit an LSN once rounded up)
+                raise LsnOutOfRange(f"branch point {Lsn(ancestor_lsn or last)} is beyond the "
+                                    f"last record {last} of timeline {ancestor_id}")
+            lsn = Lsn(wanted)
             if parent.state != "active":
                 raise FailedPrecondition(f"ancestor timeline {ancestor_id} is {parent.state}")
             if lsn < parent.min_readable_lsn:

@@ -1,11 +1,12 @@
 """IngestLag: how far a timeline's ingest is behind its WAL source, in bytes and seconds.
 
 The source tells its end of WAL in every XLogData and keepalive message (``wal_end``).
-Bytes behind = the newest such end minus last_record_lsn.  Seconds behind = how long the
-oldest WAL end the source reported and ingest has not reached yet has been waiting:
-each reported end is kept with the time it was first seen and dropped once
-last_record_lsn reaches it.  Ends reported within ``SAMPLE_INTERVAL`` of the previous
-sample move that sample forward but keep its time (the answer errs high by at most that
+Bytes behind = the newest such end minus the position ingest has received and decoded
+(the receiver's received_lsn: it decodes what it receives at once).  Seconds behind =
+how long the oldest WAL end the source reported and ingest has not reached yet has been
+waiting: each reported end is kept with the time it was first seen and dropped once that
+position reaches it.  Ends reported within ``SAMPLE_INTERVAL`` of the previous sample
+move that sample forward but keep its time (the answer errs high by at most that
 interval, and the list stays short).  Caught up: both are 0.
 """
 
@@ -36,12 +37,12 @@ class IngestLag:
         else:
             self._samples.append([wal_end, now])
 
-    def bytes_behind(self, last_record_lsn: int) -> int:
-        return max(0, self.source_end - last_record_lsn)
+    def bytes_behind(self, position: int) -> int:
+        return max(0, self.source_end - position)
 
-    def seconds_behind(self, last_record_lsn: int, now: float | None = None) -> float:
+    def seconds_behind(self, position: int, now: float | None = None) -> float:
         samples = self._samples
-        while samples and samples[0][0] <= last_record_lsn:
+        while samples and samples[0][0] <= position:
             samples.popleft()
         if not samples:
             return 0.0

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from pagestore import failpoints
 from pagestore.ancestors import ancestors_behind
+from pagestore.basebackup import is_backup_checkpoint
 from pagestore.catalog import repo
 from pagestore.catalog.db import make_sessionmaker
 from pagestore.errors import (
@@ -181,6 +182,7 @@ class IngestManager:
         """Stop streaming a timeline and forget it: without flushing before a delete,
         with ``flush`` (what is in memory goes to layer files first) before a tenant
         detach."""
+        self._refuse_while_attaching(tenant, timeline)
         e = self.entry(tenant, timeline)
         drained = True
         if e.receiver is not None:
@@ -259,6 +261,7 @@ class IngestManager:
         """Start streaming a timeline the catalog holds already (rebuilt from remote
         storage by a tenant attach): from disk_consistent_lsn, through its slot."""
         key = (tenant, timeline)
+        self._refuse_while_attaching(tenant, timeline)
         if key in self.timelines:
             return self.timelines[key]
         with self.sessions.begin() as s:
@@ -356,6 +359,14 @@ class IngestManager:
         finally:
             await conn.close()
 
+    def _refuse_while_attaching(self, tenant: TenantId, timeline: TimelineId) -> None:
+        """A delete, detach or resume waits for an attach in progress to end: it would
+        otherwise take the timeline away half-way (a receiver restarted on a forgotten
+        entry would stream on unseen)."""
+        if (tenant, timeline) in self._attaching:
+            raise FailedPrecondition(f"timeline {timeline} is being attached to a WAL source; "
+                                     "retry when that is done")
+
     # ------------------------------------------------------------------ attach a source
     async def attach_source(self, tenant: TenantId, timeline: TimelineId,
                             wal_source: str) -> tuple[TimelineEntry, str]:
@@ -375,21 +386,30 @@ class IngestManager:
         self._attaching.add(key)
         try:
             row = await asyncio.to_thread(self._row, tenant, timeline)
-            if row.state != "active":
+            if row.state == "broken" and row.resumable:
+                # Its receiver gave up (e.g. the source became another server): a new
+                # source is the cure.  Start from its flushed state, as a restart would.
+                old = self.timelines.pop(key, None)
+                if old is not None and old.receiver is not None:
+                    await old.receiver.stop(drain=False, timeout=self.shutdown_budget)
+                    for sub in old.subscribers:
+                        sub.queue.put_nowait(None)
+            elif row.state != "active":
                 raise FailedPrecondition(
                     f"timeline {timeline} is {row.state}: a WAL source can be attached to an "
-                    "active timeline only")
+                    "active timeline (or a broken one whose import finished) only")
             if not row.wal_source and row.ancestor_timeline_id is None:
                 raise FailedPrecondition(f"timeline {timeline} holds no data: create it with "
                                          "--wal-source (import) or --ancestor (branch)")
             if row.ancestor_timeline_id is not None:
                 await self._flush_ancestors(row)
-            entry = await self._switch_source(row, wal_source)
+            entry, checked = await self._switch_source(row, wal_source)
+            note = "no earlier WAL source: no slot to drop"
+            if row.wal_source:
+                note = await self._drop_old_slot(tenant, timeline, row.wal_source, wal_source,
+                                                 checked=checked)
         finally:
             self._attaching.discard(key)
-        note = "no earlier WAL source: no slot to drop"
-        if row.wal_source:
-            note = await self._drop_old_slot(tenant, timeline, row.wal_source, wal_source)
         log.info("WAL source attached source=%s start_lsn=%s old_source=%s (%s) tenant=%s "
                  "timeline=%s", mask_conninfo(wal_source), entry.tli.last_record_lsn,
                  mask_conninfo(row.wal_source) if row.wal_source else "-", note, tenant,
@@ -420,8 +440,11 @@ class IngestManager:
                     f"{need} within {self.shutdown_budget:.0f}s (disk_consistent_lsn "
                     f"{e.tli.disk_consistent_lsn}); retry") from None
 
-    async def _switch_source(self, row: repo.TimelineRecord, wal_source: str) -> TimelineEntry:
-        """The checks, then the switch: slot, catalog row, receiver (``attach_source``)."""
+    async def _switch_source(self, row: repo.TimelineRecord,
+                             wal_source: str) -> tuple[TimelineEntry, bool]:
+        """The checks, then the switch: slot, catalog row, receiver (``attach_source``).
+        Also says whether the source's WAL at the start was checked (False: it has none
+        beyond it yet; the receiver's decoder checks the first record)."""
         tenant, timeline = row.tenant_id, row.timeline_id
         key = (tenant, timeline)
         where = mask_conninfo(wal_source)
@@ -443,6 +466,8 @@ class IngestManager:
                 # Stop and flush: the position to check (and to stream from) is then fixed.
                 receiver, entry.receiver = entry.receiver, None
                 stopped = True
+                # (stop returns once its flusher has ended, a flush in progress included:
+                # the receiver restarted below never flushes beside it)
                 if not await receiver.stop(drain=True, timeout=self.shutdown_budget):
                     raise Unavailable(f"timeline {timeline} could not flush its in-memory "
                                       "WAL in time; it streams on from its old source")
@@ -460,8 +485,11 @@ class IngestManager:
             except ReplicationSlotExists:
                 log.info("reusing replication slot %s on %s tenant=%s timeline=%s", slot,
                          where, tenant, timeline)
-            await _check_history(conn, tenant, timeline, where, start, prev, system,
-                                 slot=slot if created_slot else None)
+            fresh_branch = (row.ancestor_lsn is not None and start == row.ancestor_lsn
+                            and not row.wal_source)
+            checked = await _check_history(conn, tenant, timeline, where, start, prev, system,
+                                           slot=slot if created_slot else None,
+                                           fresh_branch=fresh_branch)
             if entry is None:
                 # Registered before the catalog says there is a source: a page reader
                 # that learns of it at once finds the timeline to subscribe to.
@@ -470,7 +498,7 @@ class IngestManager:
             await asyncio.to_thread(self._set_source, tenant, timeline, wal_source)
             committed = True
             self._start_receiver(entry, wal_source)
-            return entry
+            return entry, checked
         except BaseException:
             if created_slot and not committed:
                 await conn.close()  # its walsender may hold the slot (the history check)
@@ -500,18 +528,27 @@ class IngestManager:
         """The catalog row gets the source; page readers are told (they start following
         the timeline's recent WAL)."""
         with self.sessions.begin() as s:
-            repo.update_timeline(s, tenant, timeline, wal_source=wal_source, state_reason=None)
+            repo.update_timeline(s, tenant, timeline, wal_source=wal_source, state="active",
+                                 state_reason=None)
             repo.notify_layers(s, tenant, timeline)
 
     async def _drop_old_slot(self, tenant: TenantId, timeline: TimelineId, old_source: str,
-                             new_source: str) -> str:
+                             new_source: str, *, checked: bool) -> str:
         """Drop the timeline's slot on the source it streamed from before, unless that is
-        the server it streams from now; what happened, for the operator."""
+        the server it streams from now, or the new source's history could not be checked
+        yet (it had no WAL beyond the start: the way back stays open until its first
+        record is); what happened, for the operator."""
         slot = timeline_slot_name(timeline)
         old = mask_conninfo(old_source)
         try:
             if await _same_server(old_source, new_source):
                 return f"slot {slot} kept: the old WAL source {old} is the same server"
+            if not checked:
+                return (f"slot {slot} on the old WAL source {old} kept: the new source has "
+                        "no WAL beyond the timeline's last record yet, so its history is "
+                        "checked when its first record arrives; drop the old slot once the "
+                        "timeline streams (`timeline status`): SELECT "
+                        f"pg_drop_replication_slot('{slot}')")
             dropped = await drop_slot_at(old_source, slot, timeout=SLOT_DROP_TIMEOUT)
         except (PagestoreError, OSError, TimeoutError) as e:
             note = (f"slot {slot} on the old WAL source {old} could NOT be dropped "
@@ -627,17 +664,26 @@ async def _connect_source(wal_source: str) -> ReplicationConnection:
 
 async def _check_history(conn: ReplicationConnection, tenant: TenantId, timeline: TimelineId,
                          where: str, start: Lsn, prev: Lsn, system: SystemInfo, *,
-                         slot: str | None) -> None:
+                         slot: str | None, fresh_branch: bool = False) -> bool:
     """The source's WAL at ``start`` must continue the timeline: a valid record there
     whose xl_prev is ``prev`` (when known; WalStreamDecoder checks it, as the receiver
     does).  Streams through ``slot`` (one just created) if given, reporting ``start``
     as flushed first, so the slot keeps the WAL from there.  A source with no WAL beyond
     ``start`` yet has nothing to compare: the receiver's decoder checks its first record
-    when it comes."""
+    when it comes (False is returned then).  A branch that has no WAL of its own yet
+    (``fresh_branch``) has no xl_prev to compare: its source must be a PostgreSQL started
+    from the branch's full backup, whose first record is the shutdown checkpoint that
+    backup wrote at the branch point (pagestore.basebackup) -- anything else (e.g. the
+    parent's primary) is refused."""
     if system.xlogpos <= start:
+        if fresh_branch:
+            raise FailedPrecondition(
+                f"the WAL source {where} has no WAL beyond {start}, the branch point of "
+                f"timeline {timeline}: it is not a PostgreSQL started from the branch's full "
+                "backup (that one has the backup's checkpoint record there)")
         log.info("the WAL source %s has no WAL beyond %s yet: its first record is checked "
                  "when it arrives tenant=%s timeline=%s", where, start, tenant, timeline)
-        return
+        return False
     stream = await conn.start_replication(start, slot=slot)
     decoder = WalStreamDecoder(start, system_id=system.systemid, prev_lsn=prev or None)
     try:
@@ -653,6 +699,13 @@ async def _check_history(conn: ReplicationConnection, tenant: TenantId, timeline
                 decoder.feed(msg.data)
                 rec = decoder.poll()
                 if rec is not None:
+                    if fresh_branch and not is_backup_checkpoint(rec, start):
+                        raise FailedPrecondition(
+                            f"the WAL of {where} at {start} is not the shutdown checkpoint "
+                            f"a full backup of timeline {timeline} at its branch point "
+                            f"starts with ({rec.rmgr_name} record at {rec.lsn}): it is not "
+                            "a PostgreSQL started from that backup (the parent's primary, "
+                            "or a sibling branch's?)")
                     log.info("the WAL source %s continues the timeline: record at %s, "
                              "xl_prev %s tenant=%s timeline=%s", where, rec.lsn,
                              Lsn(rec.header.xl_prev), tenant, timeline)
@@ -677,6 +730,7 @@ async def _check_history(conn: ReplicationConnection, tenant: TenantId, timeline
         raise Unavailable(f"the WAL source {where} sent no whole record at {start} within "
                           f"{HISTORY_CHECK_TIMEOUT:.0f}s (its end of WAL is "
                           f"{system.xlogpos}); retry") from None
+    return True
 
 
 async def _same_server(a: str, b: str) -> bool:

@@ -296,7 +296,15 @@ class WalReceiver:
                     await self._frozen_ready.wait()
                 continue
             loop.detail = f"flushing [{layer.start_lsn}, {layer.end_lsn})"
-            await asyncio.to_thread(tl.flush, layer)
+            flush = asyncio.ensure_future(asyncio.to_thread(tl.flush, layer))
+            try:
+                await asyncio.shield(flush)
+            except asyncio.CancelledError:
+                # A flush in its thread cannot be cut short: the loop ends only once it
+                # has, so no other flusher ever writes this layer at the same time.
+                with contextlib.suppress(BaseException):
+                    await flush
+                raise
             self._flushed.set()
             self._on_progress()
 

@@ -6,6 +6,7 @@ streaming for every attached timeline, at shutdown it flushes what is in memory.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -84,7 +85,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
     async def AttachSource(self, request: ingest_pb2.AttachSourceRequest,
                            context: Context) -> ingest_pb2.AttachSourceResponse:
         tenant, timeline = parse_timeline_ref(request.timeline)
-        entry, note = await self.manager.attach_source(tenant, timeline, request.wal_source)
+        # Shielded: a caller that goes away (deadline, Ctrl-C) must not cut the switch
+        # short between the catalog commit and the receiver start; it runs to its end
+        # (bounded by its own timeouts) and `timeline status` shows the outcome.
+        entry, note = await asyncio.shield(
+            self.manager.attach_source(tenant, timeline, request.wal_source))
         return ingest_pb2.AttachSourceResponse(lsns=self.lsns(entry), old_slot_note=note)
 
     async def CheckpointTimeline(self, request: common_pb2.TimelineRef,

@@ -165,6 +165,8 @@ class PageReadManager:
         self.workdir = workdir
         self.config = config
         self.readers: dict[tuple[TenantId, TimelineId], TimelineReader] = {}
+        # Cache lookups (hits, misses, size hits, size misses) of readers unloaded since.
+        self._retired_lookups = (0, 0, 0, 0)
         self._loading: dict[tuple[TenantId, TimelineId], asyncio.Lock] = {}
         self._reloading: dict[tuple[TenantId, TimelineId], asyncio.Lock] = {}
         self.followers: dict[tuple[TenantId, TimelineId], SupervisedLoop] = {}
@@ -207,7 +209,7 @@ class PageReadManager:
                                     "pages that need redo, by result.", labels=["result"])
         sizes = CounterMetricFamily("pagestore_rel_size_cache_lookups", "Relation size "
                                     "cache lookups, by result.", labels=["result"])
-        hits = misses = size_hits = size_misses = 0
+        hits, misses, size_hits, size_misses = self._retired_lookups
         for (tenant, timeline), r in list(self.readers.items()):
             ids = [str(tenant), str(timeline)]
             last.add_metric(ids, int(r.last_record_lsn))
@@ -324,6 +326,10 @@ class PageReadManager:
         key = (tenant, timeline)
         r = self.readers.pop(key, None)
         if r is not None:
+            # Counters are cumulative: an unloaded timeline's lookups stay counted.
+            h, m, sh, sm = self._retired_lookups
+            self._retired_lookups = (h + r.cache.hits, m + r.cache.misses, sh + r.sizes.hits,
+                                     sm + r.sizes.misses)
             r.layers.close()
             log.info("timeline no longer in the catalog: unloaded tenant=%s timeline=%s",
                      tenant, timeline)

@@ -229,12 +229,17 @@ def test_every_route_and_metrics(stack: StackRunner, pg_factory, remote_storage)
     assert ing1[f"pagestore_wal_records_total{{{ids}}}"] > \
         ing0[f"pagestore_wal_records_total{{{ids}}}"]
     assert ing1[f"pagestore_last_record_lsn{{{ids}}}"] >= int(end2)
-    assert f"pagestore_ingest_lag_bytes{{{ids}}}" in ing1
-    assert f"pagestore_ingest_lag_seconds{{{ids}}}" in ing1
+    # Caught up with an idle primary: nothing received is waiting (IngestLag's own
+    # arithmetic is unit-tested in tests/unit/test_ingest_lag.py).
+    assert 0 <= ing1[f"pagestore_ingest_lag_bytes{{{ids}}}"] < 1 << 20
+    assert 0 <= ing1[f"pagestore_ingest_lag_seconds{{{ids}}}"] < 60
     pr0, pr1 = before["pageread"], after_m["pageread"]
     key = "pagestore_getpage_latency_seconds_count{service=pageread}"
     assert pr1[key] > pr0.get(key, 0)
-    assert total(pr1, "pagestore_page_cache_lookups_total") >= 0
+    # Pages needing redo were looked up in the (switched off) page cache: misses.
+    assert pr1["pagestore_page_cache_lookups_total{result=miss}"] > \
+        pr0.get("pagestore_page_cache_lookups_total{result=miss}", 0)
+    assert pr1[f"pagestore_pageread_last_record_lsn{{{ids}}}"] >= int(end2)
     gw = after_m["gateway"]
     assert gw["pagestore_getpage_latency_seconds_count{service=gateway}"] >= min(n, 20) > \
         before["gateway"].get("pagestore_getpage_latency_seconds_count{service=gateway}", 0)

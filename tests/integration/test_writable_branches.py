@@ -112,6 +112,16 @@ def test_writable_branch(stack: StackRunner, pg_factory, work_dir: Path) -> None
         assert info["wal_source"] is None and Lsn.parse(info["last_record_lsn"]) == x
         assert _slots(other) == []
 
+        # The parent's primary at X is not a PostgreSQL started from the branch's backup:
+        # a branch with no WAL of its own takes only one (its first record is the backup's
+        # shutdown checkpoint at X), never the parent's history by mistake.
+        refused = stack.run("timeline", "attach-source", "--tenant", tenant, "--timeline",
+                            branch, "--wal-source", _source(parent_pg), check=False)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "not a PostgreSQL started from" in refused.stderr, refused.stderr
+        assert status(stack, tenant, branch)["wal_source"] is None
+        assert timeline_slot_name(branch) not in _slots(parent_pg)
+
         # The child: attached right after it started (its WAL from X is still there).
         out = stack.run("timeline", "attach-source", "--tenant", tenant, "--timeline",
                         branch, "--wal-source", _source(child)).stdout

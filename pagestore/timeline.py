@@ -197,6 +197,13 @@ class TimelineView:
             out.append((rel, metadata.decode_nblocks(size) if size else 0))
         return out
 
+    def logical_size(self, lsn: Lsn) -> int:
+        """Bytes of every relation fork of every database at ``lsn`` (Neon's
+        current_logical_size: blocks x BLCKSZ; SLRUs and metadata not counted)."""
+        raw = self.image(dbdir_key(), lsn)
+        dbdir = metadata.decode_dbdir(raw) if raw else {}
+        return sum(n for spc, db in dbdir for _, n in self.list_relations(spc, db, lsn)) * BLCKSZ
+
     def db_size(self, dbnode: int, lsn: Lsn) -> int:
         return sum(n for _, n in self.list_relations(DEFAULTTABLESPACE_OID, dbnode, lsn)) * BLCKSZ
 

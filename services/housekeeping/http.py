@@ -230,6 +230,9 @@ def timeline_json(t: housekeeping_pb2.TimelineInfo) -> dict[str, Any]:
         out["current_physical_size"] = size
         out["timeline_dir_layer_file_size_sum"] = size
         out["layers_not_uploaded"] = t.layers_not_uploaded
+        if t.current_logical_size_known:
+            out["current_logical_size"] = t.current_logical_size
+            out["current_logical_size_is_accurate"] = True
         out["generation"] = t.generation
         receiver = [lp for lp in t.loops if lp.service == "ingest" and lp.name == "receiver"]
         out["walreceiver_status"] = receiver[0].detail or receiver[0].state if receiver \
@@ -349,10 +352,6 @@ class ManagementApi:
         """The timeline's catalog row (TenantNotFound / TimelineNotFound: 404)."""
         return await asyncio.to_thread(self.hk.tenants.get_timeline, TenantId.parse(tenant),
                                        TimelineId.parse(timeline))
-
-    async def _timeline(self, tenant: str, timeline: str) -> housekeeping_pb2.TimelineInfo:
-        return await self.hk.GetTimeline(
-            common_pb2.TimelineRef(tenant_id=tenant, timeline_id=timeline), None)  # type: ignore[arg-type]
 
     @staticmethod
     async def _drain(stream: AsyncIterator[housekeeping_pb2.TenantProgress]
@@ -591,7 +590,8 @@ class ManagementApi:
         return found[0] if found else None
 
     async def get_timeline(self, request: web.Request) -> web.Response:
-        info = await self._timeline(tenant_arg(request), timeline_arg(request))
+        rec = await self._record(tenant_arg(request), timeline_arg(request))
+        info = await self.hk.status(rec, logical_size=True)
         return web.json_response(timeline_json(info))
 
     async def delete_timeline(self, request: web.Request) -> web.Response:

@@ -171,16 +171,23 @@ class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
         info.loops.extend(live.loops)
         return info
 
-    async def _status(self, rec: TimelineRecord) -> housekeeping_pb2.TimelineInfo:
+    async def status(self, rec: TimelineRecord, *,
+                     logical_size: bool = False) -> housekeeping_pb2.TimelineInfo:
         """Everything `timeline status` shows: the catalog row, ingest's live LSNs and
-        loops, pageread's loops, the replication slot on the WAL source."""
+        loops, pageread's loops, the replication slot on the WAL source; with
+        ``logical_size``, the size of every relation at the last record (the management
+        API's timeline detail: it reads every relation's size)."""
         info = await self._live(timeline_info(rec))
         try:
             read = await self.pageread().GetTimelineStatus(
-                pageread_pb2.GetTimelineStatusRequest(), timeout=5, metadata=(
+                pageread_pb2.GetTimelineStatusRequest(with_logical_size=logical_size),
+                timeout=60 if logical_size else 5, metadata=(
                     (TENANT_METADATA_KEY, info.tenant_id),
                     (TIMELINE_METADATA_KEY, info.timeline_id), (SHARD_METADATA_KEY, "0000")))
             info.loops.extend(read.loops)
+            if read.logical_size_known:
+                info.current_logical_size = read.logical_size
+                info.current_logical_size_known = True
         except grpc.aio.AioRpcError as e:
             log.info("loop states unavailable from pageread: %s", e.details())
         info.loops.extend(loop_status([self.housekeeper.scheduler]))
@@ -442,7 +449,7 @@ class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
         rec = await asyncio.to_thread(self.tenants.get_timeline,
                                       parse_tenant_id(request.tenant_id),
                                       parse_timeline_id(request.timeline_id))
-        return await self._status(rec)
+        return await self.status(rec)
 
     async def AttachSource(self, request: housekeeping_pb2.AttachSourceRequest,
                            context: Context) -> housekeeping_pb2.AttachSourceResponse:

@@ -12,6 +12,7 @@ inside the response, and ends the stream only for errors that are not the reques
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import time
@@ -21,7 +22,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from pagestore import metrics
-from pagestore.errors import BadRequest, PagestoreError
+from pagestore.errors import BadRequest, NotFound, PagestoreError
 from pagestore.grpcutil import (
     ANSWER_ORDER_METADATA_KEY,
     SHARD_METADATA_KEY,
@@ -302,14 +303,21 @@ class PageReadExtras(pageread_pb2_grpc.PageReadExtrasServicer):
     async def GetTimelineStatus(self, request: pageread_pb2.GetTimelineStatusRequest,
                                 context: Context) -> pageread_pb2.TimelineReadStatus:
         tenant, timeline = request_ids(context)
+        if request.with_logical_size:
+            with contextlib.suppress(NotFound):  # no data to read: no size either
+                await self.manager.reader(tenant, timeline)
         r = self.manager.readers.get((tenant, timeline))
         loops = loop_status(self.manager.loops(tenant, timeline))
         if r is None:
             return pageread_pb2.TimelineReadStatus(loaded=False, loops=loops)
-        return pageread_pb2.TimelineReadStatus(
+        out = pageread_pb2.TimelineReadStatus(
             loaded=True, last_record_lsn=int(r.last_record_lsn),
             disk_consistent_lsn=int(r.layers_disk_consistent_lsn),
             layers_version=r.layers_version, tail_bytes=r.tail.bytes, loops=loops)
+        if request.with_logical_size:
+            out.logical_size = await r.run(r.view.logical_size, r.last_record_lsn)
+            out.logical_size_known = True
+        return out
 
     async def GetLsnByTimestamp(self, request: pageread_pb2.GetLsnByTimestampRequest,
                                 context: Context) -> pageread_pb2.GetLsnByTimestampResponse:

@@ -158,6 +158,9 @@ def test_every_route_and_metrics(stack: StackRunner, pg_factory, remote_storage)
     assert kinds["l0"]["count"] >= 2 and detail["current_physical_size"] == sum(
         s["bytes"] for s in detail["layers"])
     assert detail["replication_slot"]["status"] == "present"
+    accounts = int(primary.psql("SELECT pg_relation_size('pgbench_accounts')"))
+    assert detail["current_logical_size"] % 8192 == 0
+    assert accounts < detail["current_logical_size"] < 20 * accounts
     assert detail["walreceiver_status"] == "streaming"
 
     # compaction (threshold 2) and GC

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 from pagestore.pg import wire
 
 if TYPE_CHECKING:
+    import ssl
+
     from pagestore.pg.wire import Message
 
 IDLE_TIMEOUT = 600.0  # seconds; Neon's page service read timeout
@@ -65,6 +67,10 @@ class Connection:
                 return msg
             if not await self.read_more():
                 return None
+
+    async def start_tls(self, context: ssl.SSLContext) -> None:
+        """Turn the connection into TLS (after answering an SSLRequest with 'S')."""
+        await self.writer.start_tls(context)  # the reader then reads the TLS stream
 
     def write(self, data: bytes) -> None:
         self.writer.write(data)

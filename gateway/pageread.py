@@ -45,6 +45,7 @@ from pagestore.grpcutil import (
     SHARD_METADATA_KEY,
     TENANT_METADATA_KEY,
     TIMELINE_METADATA_KEY,
+    auth_metadata,
 )
 from pagestore.proto import page_service_pb2 as pb
 from pagestore.proto import page_service_pb2_grpc, pageread_pb2, pageread_pb2_grpc
@@ -108,7 +109,9 @@ class PageReadClient:
               (SHARD_METADATA_KEY, shard)]
         if request_tag:
             md.append((REQUEST_METADATA_KEY, request_tag))
-        self.metadata = tuple(md)
+        # The services' token, explicitly: the GetPages stream is a bidirectional call,
+        # which the channel's interceptors do not cover (grpcutil.aio_token).
+        self.metadata = (*md, *auth_metadata())
         self.pages = page_service_pb2_grpc.PageServiceStub(channel)
         self.extras = pageread_pb2_grpc.PageReadExtrasStub(channel)
 

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import sys
 
 from gateway.pageread import SharedGetPagesStreams
@@ -39,6 +40,10 @@ async def setup(ctx: ServiceContext) -> None:
     max_batch = ctx.config.pageread.max_blocks_per_request
     streams = SharedGetPagesStreams(channel, max_batch=max(1, min(MAX_BATCH, max_batch)))
     refused = 0
+    tls = None
+    if ctx.config.tls:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(ctx.config.ssl_cert_file, ctx.config.ssl_key_file)
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal refused
@@ -52,14 +57,14 @@ async def setup(ctx: ServiceContext) -> None:
                         "gateway.max_connections is %d (%d refused so far)",
                         writer.get_extra_info("peername"), len(connections), limit, refused)
             await refuse_connection(reader, writer, "sorry, too many clients already "
-                                    f"(gateway.max_connections = {limit})")
+                                    f"(gateway.max_connections = {limit})", tls)
             return
         task = asyncio.current_task()
         assert task is not None
         connections.add(task)
         try:
             await serve_connection(reader, writer, channel, max_batch=max_batch,
-                                   streams=streams)
+                                   streams=streams, verifier=ctx.pg_verifier, tls=tls)
         except asyncio.CancelledError:
             # Shutdown cancels open connections; this is the top of the connection's task
             # (asyncio would log a cancelled client task as an error).
@@ -69,8 +74,10 @@ async def setup(ctx: ServiceContext) -> None:
 
     host, port = split_addr(ctx.config.gateway.listen_pg_addr)
     server = await asyncio.start_server(on_connect, host, port)
-    log.info("gateway serving libpq on %s, page-read service at %s",
-             ctx.config.gateway.listen_pg_addr, pageread_addr)
+    log.info("gateway serving libpq on %s (auth %s%s), page-read service at %s",
+             ctx.config.gateway.listen_pg_addr,
+             "NeonJWT" if ctx.pg_verifier is not None else "Trust",
+             ", TLS" if tls is not None else "", pageread_addr)
 
     async def close() -> None:
         server.close()

@@ -53,17 +53,19 @@ from gateway.commands import (
 from gateway.connection import Connection, IdleTimeout
 from gateway.pageread import PageReadClient, SharedGetPagesStreams
 from gateway.pipeline import MAX_BATCH, Outcome, Pagestream
-from pagestore.errors import PagestoreError, ProtocolError
+from pagestore.errors import AuthenticationError, PagestoreError, ProtocolError
 from pagestore.logs import request_var, tenant_var, timeline_var
 from pagestore.pg import wire
 from pagestore.pg.wire import FrontendMessage, StartupKind
 
 if TYPE_CHECKING:
     import asyncio
+    import ssl
     from collections.abc import AsyncGenerator
 
     import grpc
 
+    from pagestore.auth import Claims, JwtVerifier
     from pagestore.ids import TenantId
 
 log = logging.getLogger(__name__)
@@ -73,15 +75,24 @@ _IGNORED_OUTSIDE_COPY = (FrontendMessage.COPY_DATA.value, FrontendMessage.COPY_D
                          FrontendMessage.COPY_FAIL.value)
 
 
-async def read_startup(conn: Connection) -> wire.StartupPacket | None:
-    """The StartupMessage (SSL and GSSENC requests are declined on the way); None at EOF
-    or for a CancelRequest."""
+async def read_startup(conn: Connection, tls: ssl.SSLContext | None = None
+                       ) -> wire.StartupPacket | None:
+    """The StartupMessage; None at EOF or for a CancelRequest.  GSSENC requests are
+    declined; an SSLRequest is declined without ``tls``, else answered 'S' and the
+    connection turns TLS; with ``tls``, a StartupMessage before that is refused (FATAL
+    08P01 "must connect with TLS", as Neon answers)."""
     codec = conn.codec
+    secured = False
     while True:
         packet = codec.next_startup()
         if packet is None:
             if not await conn.read_more():
                 return None
+            continue
+        if packet.kind is StartupKind.SSL_REQUEST and tls is not None and not secured:
+            await conn.send(b"S")
+            await conn.start_tls(tls)
+            secured = True
             continue
         if packet.kind in (StartupKind.SSL_REQUEST, StartupKind.GSSENC_REQUEST):
             await conn.send(b"N")
@@ -89,6 +100,8 @@ async def read_startup(conn: Connection) -> wire.StartupPacket | None:
         if packet.kind is StartupKind.CANCEL_REQUEST:
             log.info("cancel request from %s ignored: no backend keys are issued", conn.peer)
             return None
+        if tls is not None and not secured:
+            raise ProtocolError("must connect with TLS (this port has TLS on: sslmode=require)")
         return packet
 
 
@@ -97,8 +110,12 @@ class Session:
 
     def __init__(self, conn: Connection, channel: grpc.aio.Channel, conn_id: int, *,
                  max_batch: int = MAX_BATCH,
-                 streams: SharedGetPagesStreams | None = None) -> None:
+                 streams: SharedGetPagesStreams | None = None,
+                 verifier: JwtVerifier | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.conn = conn
+        self.verifier = verifier  # None: Trust
+        self.tls = tls
+        self.claims: Claims | None = None  # the client's token's, with NeonJWT
         self.channel = channel
         self.streams = streams
         self.conn_id = conn_id
@@ -109,11 +126,29 @@ class Session:
 
     # ------------------------------------------------------------------ handshake
     async def handshake(self) -> bool:
-        packet = await read_startup(self.conn)
+        packet = await read_startup(self.conn, self.tls)
         if packet is None:
             return False
         log.info("connection %d from %s started application_name=%s", self.conn_id,
                  self.conn.peer, packet.parameters.get("application_name", ""))
+        if self.verifier is not None:
+            # Neon's NeonJWT: the token is the password (cleartext; use TLS off loopback).
+            await self.conn.send(wire.authentication_cleartext_password())
+            msg = await self.conn.next_message()
+            if msg is None:
+                return False
+            if msg.type != FrontendMessage.PASSWORD.value:
+                raise ProtocolError("expected a password message (the token) after "
+                                    "AuthenticationCleartextPassword")
+            token = bytes(msg.body).rstrip(b"\x00").decode(errors="replace")
+            try:
+                self.claims = self.verifier.verify(token)
+            except AuthenticationError as e:
+                log.info("connection %d from %s refused: %s", self.conn_id, self.conn.peer,
+                         e.message)
+                await self.conn.send(wire.error_response(f"JWT authentication error: "
+                                                         f"{e.message}", e.sqlstate, "FATAL"))
+                return False
         await self.conn.send(wire.authentication_ok()
                              + wire.parameter_status("client_encoding", "UTF8")
                              + wire.parameter_status("integer_datetimes", "on")
@@ -187,6 +222,8 @@ class Session:
         tenant = command_tenant(command)
         if tenant is None:
             return
+        if self.claims is not None:
+            self.claims.check_tenant(tenant)  # PermissionDenied: 28000, nothing served
         if self.tenant is None:
             self.tenant = tenant
             tenant_var.set(str(tenant))
@@ -255,12 +292,12 @@ class Session:
 
 
 async def refuse_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                            message: str) -> None:
+                            message: str, tls: ssl.SSLContext | None = None) -> None:
     """Answer the client's startup with FATAL 53300 (too_many_connections), as
     PostgreSQL does when max_connections is reached, and close."""
     conn = Connection(reader, writer, idle_timeout=10.0)
     try:
-        if await read_startup(conn) is not None:
+        if await read_startup(conn, tls) is not None:
             await conn.send(wire.error_response(message, "53300", "FATAL"))
     except (ConnectionError, ProtocolError, IdleTimeout) as e:
         log.info("refused connection from %s ended: %s", conn.peer, e)
@@ -272,12 +309,15 @@ async def refuse_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
 
 async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                            channel: grpc.aio.Channel, *, max_batch: int = MAX_BATCH,
-                           streams: SharedGetPagesStreams | None = None) -> None:
+                           streams: SharedGetPagesStreams | None = None,
+                           verifier: JwtVerifier | None = None,
+                           tls: ssl.SSLContext | None = None) -> None:
     """Serve one client until it leaves; every failure is logged here, once."""
     conn = Connection(reader, writer)
     conn_id = next(_connection_ids)
     request_var.set(f"gw-{conn_id}")
-    session = Session(conn, channel, conn_id, max_batch=max_batch, streams=streams)
+    session = Session(conn, channel, conn_id, max_batch=max_batch, streams=streams,
+                      verifier=verifier, tls=tls)
     try:
         await session.run()
     except ProtocolError as e:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -194,6 +195,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", default="postgres",
                    help="the role in the printed connection string (default: postgres)")
 
+    authp = cmds.add_parser("auth", parents=[common],
+                            help="keys and tokens for NeonJWT ports (docs/security.md)")
+    acmds = authp.add_subparsers(dest="auth_command", required=True, metavar="ACTION")
+    p = acmds.add_parser("keygen", parents=[common], help="write a new Ed25519 key pair")
+    p.add_argument("--private-key", default=None, metavar="FILE",
+                   help="where the private key goes (default: <workdir>/auth_private_key.pem)")
+    p.add_argument("--public-key", default=None, metavar="FILE",
+                   help="where the public key goes (default: <workdir>/auth_public_key.pem; "
+                        "name it, or its directory, in auth_validation_public_key_path)")
+    p = acmds.add_parser("token", parents=[common], help="print a token signed by a private key")
+    p.add_argument("--scope", required=True,
+                   help="tenant (with --tenant) or pageserverapi (everything)")
+    p.add_argument("--tenant", help="the tenant a 'tenant' token is for")
+    p.add_argument("--ttl", help="lifetime, e.g. 1h or 30m (default: no expiry)")
+    p.add_argument("--private-key", default=None, metavar="FILE",
+                   help="the signing key (default: <workdir>/auth_private_key.pem)")
+    acmds.add_parser("internal", parents=[common],
+                     help="make the services' own key pair and token under <workdir>/run/auth "
+                          "(`pagestore start` does it; for services started by hand)")
+
     catalog = cmds.add_parser("catalog", parents=[common], help="the catalog database")
     ccmds = catalog.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
     p = ccmds.add_parser("upgrade", parents=[common], help="run the Alembic migrations")
@@ -208,6 +229,19 @@ def _stack(args: argparse.Namespace) -> Stack:
     return Stack(resolve_workdir(args.workdir), args.overrides or [])
 
 
+def _connect(stack: Stack, addr: str) -> grpc.Channel:
+    """A channel to one of the stack's gRPC ports: with its TLS trust, and the token from
+    $PAGESTORE_AUTH_TOKEN or else the stack's own (the CLI runs beside the stack, as its
+    operator; docs/security.md)."""
+    from pagestore import auth
+    from pagestore.grpcutil import configure_clients, sync_channel
+
+    cfg = stack.effective_config()
+    token = os.environ.get(auth.TOKEN_ENV) or auth.internal_token(stack.workdir)
+    configure_clients(token=token, root_certificates=auth.trusted_certificates(cfg))
+    return sync_channel(addr)
+
+
 SERVICES = ("ingest", "pageread", "redo", "housekeeping", "gateway")
 
 
@@ -219,7 +253,7 @@ def _call(stack: Stack, method: str, request: Any, timeout: float | None = 30, *
 
     service = admin_of or "housekeeping"
     addr = stack.effective_config().service_addr(service)
-    ch = grpc.insecure_channel(addr)
+    ch = _connect(stack, addr)
     stub: Any = (admin_pb2_grpc.AdminStub(ch) if admin_of
                  else housekeeping_pb2_grpc.HousekeepingStub(ch))
     try:
@@ -246,7 +280,7 @@ def _stream(stack: Stack, method: str, request: Any, timeout: float | None = Non
     from pagestore.proto import housekeeping_pb2_grpc
 
     addr = stack.effective_config().service_addr("housekeeping")
-    with grpc.insecure_channel(addr) as ch:
+    with _connect(stack, addr) as ch:
         stub: Any = housekeeping_pb2_grpc.HousekeepingStub(ch)
         try:
             yield from getattr(stub, method)(request, timeout=timeout)
@@ -652,7 +686,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     addr = cfg.service_addr("pageread")
     md = ((TENANT_METADATA_KEY, tenant), (TIMELINE_METADATA_KEY, tlid),
           (SHARD_METADATA_KEY, "0000"))
-    with grpc.insecure_channel(addr) as ch:
+    with _connect(stack, addr) as ch:
         stub: Any = pageread_pb2_grpc.PageReadExtrasStub(ch)
         try:
             if when is not None:
@@ -684,12 +718,42 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_auth(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pagestore import auth
+    from pagestore.config import Duration
+
+    workdir = resolve_workdir(args.workdir)
+    if args.auth_command == "internal":
+        auth.make_internal_credentials(workdir)
+        print(f"wrote the services' key pair and token into {auth.internal_dir(workdir)}")
+        return 0
+    private = Path(args.private_key) if args.private_key else workdir / "auth_private_key.pem"
+    if args.auth_command == "keygen":
+        public = Path(args.public_key) if args.public_key else workdir / "auth_public_key.pem"
+        auth.generate_keypair(private, public)
+        print(f"private key: {private} (keep it secret: it signs tokens)")
+        print(f"public key:  {public} (set auth_validation_public_key_path to it or its "
+              "directory)")
+        return 0
+    tenant = TenantId.parse(_parse_id(TenantId, args.tenant, "--tenant")) if args.tenant \
+        else None
+    try:
+        ttl = float(Duration.parse(args.ttl)) if args.ttl else None
+    except ValueError as e:
+        raise BadRequest(f"--ttl: {e}") from None
+    print(auth.make_token(auth.load_private_key(private), args.scope, tenant, ttl=ttl))
+    return 0
+
+
 COMMANDS = {
     "init": cmd_init, "start": cmd_start, "stop": cmd_stop, "status": cmd_status,
     "tenant": cmd_tenant, "timeline": cmd_timeline, "catalog": cmd_catalog,
     "waldump": cmd_waldump, "failpoint": cmd_failpoint,
     "redo-check": cmd_redo_check,
     "restore": cmd_restore,
+    "auth": cmd_auth,
 }
 
 

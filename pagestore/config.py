@@ -9,7 +9,8 @@ Rules:
 - An unknown key or a value of the wrong type is a ConfigError that names the key.
 - ``remote_storage`` is one backend at a time; a ``-c`` override replaces the whole table.
 - Secrets are not config: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and
-  AZURE_STORAGE_ACCESS_KEY stay in the environment the SDKs read.
+  AZURE_STORAGE_ACCESS_KEY stay in the environment the SDKs read, and catalog.url may
+  come from $PAGESTORE_CATALOG_URL when the config leaves it empty (containers).
 - No globals: load a Config once (``load_config``) and pass it to constructors.
 """
 
@@ -29,6 +30,8 @@ from pagestore.errors import ConfigError
 
 CONFIG_FILE_NAME = "pagestore.toml"
 WORKDIR_ENV = "PAGESTORE_WORKDIR"
+#: catalog.url when the config leaves it empty (it carries the catalog's password).
+CATALOG_URL_ENV = "PAGESTORE_CATALOG_URL"
 DEFAULT_WORKDIR = ".pagestore"
 
 
@@ -262,7 +265,44 @@ class Config:
     event_loop: str = field(default="uvloop", metadata=_doc(
         "The services' event loop: 'uvloop' (libuv's) or 'asyncio' (the standard\n"
         "library's). docs/performance.md has the measurements."))
+    auth_validation_public_key_path: str = field(default="", metadata=_doc(
+        "Ed25519 public key (PEM) that verifies JWTs, or a directory of them (every key\n"
+        "in it is accepted: add the new key, move clients, remove the old one).\n"
+        "docs/security.md."))
+    pg_auth_type: str = field(default="", metadata=_doc(
+        "The gateway's libpq port: 'Trust' or 'NeonJWT' (the token as the password).\n"
+        "Empty: Trust on a loopback address, NeonJWT on any other."))
+    http_auth_type: str = field(default="", metadata=_doc(
+        "The management API: 'Trust' or 'NeonJWT' (Authorization: Bearer). Empty: Trust\n"
+        "on a loopback address, NeonJWT on any other. /metrics and /v1/status stay open."))
+    grpc_auth_type: str = field(default="", metadata=_doc(
+        "Every gRPC port: 'Trust' or 'NeonJWT' (authorization: Bearer metadata; the\n"
+        "services use a token the stack makes at start). Empty: Trust on a loopback\n"
+        "address, NeonJWT on any other."))
+    ssl_cert_file: str = field(default="", metadata=_doc(
+        "TLS certificate (PEM) of the gRPC ports and the gateway's libpq port; with\n"
+        "ssl_key_file set too, they serve TLS only."))
+    ssl_key_file: str = field(default="", metadata=_doc(
+        "The private key (PEM) of ssl_cert_file."))
+    ssl_ca_file: str = field(default="", metadata=_doc(
+        "What the services and the CLI trust when they connect to a TLS port (PEM).\n"
+        "Empty: ssl_cert_file itself (a self-signed certificate)."))
     remote_storage: RemoteStorageConfig | None = None
+
+    @property
+    def tls(self) -> bool:
+        """Whether the gRPC and libpq ports serve TLS."""
+        return bool(self.ssl_cert_file and self.ssl_key_file)
+
+    def auth_type(self, port: str, listen_addr: str) -> str:
+        """'Trust' or 'NeonJWT' for ``port`` ('pg', 'http' or 'grpc') listening on
+        ``listen_addr`` (an empty setting: Trust on loopback only)."""
+        value: str = getattr(self, f"{port}_auth_type")
+        if value:
+            return value
+        host = listen_addr.rpartition(":")[0].strip("[]")
+        loopback = host in ("localhost", "::1") or host.startswith("127.")
+        return "Trust" if loopback else "NeonJWT"
 
     def service_addr(self, service: str) -> str:
         """The address other services dial to reach ``service``."""
@@ -408,6 +448,12 @@ def config_from_data(data: Mapping[str, Any], overrides: Sequence[str] = ()) -> 
     for arg in overrides:
         merged = _merge(merged, parse_override(arg))
     cfg: Config = _build(Config, merged, "")
+    for port in ("pg", "http", "grpc"):
+        if getattr(cfg, f"{port}_auth_type") not in ("", "Trust", "NeonJWT"):
+            raise ConfigError(f"{port}_auth_type must be 'Trust' or 'NeonJWT' (or empty: "
+                              f"Trust on loopback), not {getattr(cfg, f'{port}_auth_type')!r}")
+    if bool(cfg.ssl_cert_file) != bool(cfg.ssl_key_file):
+        raise ConfigError("ssl_cert_file and ssl_key_file go together: set both for TLS")
     return cfg
 
 
@@ -419,7 +465,11 @@ def load_config(path: Path | None, overrides: Sequence[str] = ()) -> Config:
             data = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"cannot parse {path}: {e}") from None
-    return config_from_data(data, overrides)
+    cfg = config_from_data(data, overrides)
+    url = os.environ.get(CATALOG_URL_ENV)
+    if url and not cfg.catalog.url:  # a secret: from the environment (containers)
+        cfg = dataclasses.replace(cfg, catalog=dataclasses.replace(cfg.catalog, url=url))
+    return cfg
 
 
 def resolve_workdir(arg: str | None) -> Path:

@@ -106,6 +106,20 @@ class AlreadyExists(PagestoreError):
     sqlstate = "42710"  # duplicate_object
 
 
+class AuthenticationError(PagestoreError):
+    """No token, or one that is malformed, expired or signed by no known key."""
+
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+    sqlstate = "28P01"  # invalid_password
+
+
+class PermissionDenied(PagestoreError):
+    """A valid token that does not cover the request (another tenant, a wrong scope)."""
+
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+    sqlstate = "28000"  # invalid_authorization_specification
+
+
 class FailedPrecondition(PagestoreError):
     grpc_code = grpc.StatusCode.FAILED_PRECONDITION
     sqlstate = "55000"  # object_not_in_prerequisite_state

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from pagestore import failpoints, metrics
+from pagestore import auth, failpoints, metrics
 from pagestore.catalog import schema
 from pagestore.catalog.db import make_engine
-from pagestore.config import Config, load_config
-from pagestore.errors import PagestoreError
-from pagestore.grpcutil import GrpcService
+from pagestore.config import SERVICE_SECTIONS, Config, load_config
+from pagestore.errors import ConfigError, PagestoreError
+from pagestore.grpcutil import GrpcService, configure_clients
 from pagestore.logs import setup_logging
 from pagestore.remote import open_remote_storage
 from pagestore.remote.ondemand import LayerFiles
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
     import sqlalchemy as sa
 
+    from pagestore.auth import JwtVerifier
     from pagestore.remote.storage import RemoteStorage
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ class ServiceContext:
     # coroutines /metrics awaits before rendering (gauges read from the catalog).
     http: web.Application = field(default_factory=web.Application)
     metrics_refresh: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Token checks of the HTTP API and the libpq port (None: Trust); gRPC's is in grpc.
+    http_verifier: JwtVerifier | None = None
+    pg_verifier: JwtVerifier | None = None
 
 
 def _parse_args(name: str, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -102,9 +106,18 @@ def run_service(name: str, setup: Callable[[ServiceContext], Awaitable[None]], *
 
     log.info("%s starting wal_decoder=%s", name, decoder_implementation())
 
+    try:
+        verifiers, tls = security(config, name, workdir)
+    except PagestoreError as e:
+        log.error("%s cannot start: %s", name, e.message)
+        return 2
+
     async def main() -> None:
-        service = GrpcService(name, getattr(config, name).listen_addr)
-        ctx = ServiceContext(name=name, config=config, workdir=workdir, grpc=service)
+        service = GrpcService(name, getattr(config, name).listen_addr,
+                              verifier=verifiers.get("grpc"), tls=tls)
+        ctx = ServiceContext(name=name, config=config, workdir=workdir, grpc=service,
+                             http_verifier=verifiers.get("http"),
+                             pg_verifier=verifiers.get("pg"))
         if uses_catalog:
             ctx.catalog = await asyncio.to_thread(open_catalog, config)
             ctx.remote = await asyncio.to_thread(open_remote_storage, config.remote_storage)
@@ -169,6 +182,45 @@ async def start_http(ctx: ServiceContext, addr: str) -> web.AppRunner:
         raise
     log.info("%s serving HTTP on %s", ctx.name, addr)
     return runner
+
+
+def security(config: Config, name: str, workdir: Path
+             ) -> tuple[dict[str, JwtVerifier], tuple[bytes, bytes] | None]:
+    """The token checks of this service's ports that need them ('grpc', 'http', 'pg'),
+    its TLS certificate and key, and its clients' token and trust (configure_clients)."""
+    section = getattr(config, name)
+    ports = [("grpc", section.listen_addr)]
+    if name == "housekeeping":  # the management API (/metrics stays open everywhere)
+        ports.append(("http", section.listen_http_addr))
+    if name == "gateway":
+        ports.append(("pg", section.listen_pg_addr))
+    verifiers: dict[str, JwtVerifier] = {}
+    needed = [port for port, addr in ports if config.auth_type(port, addr) == "NeonJWT"]
+    if needed:
+        verifier = auth.verifier_for(config.auth_validation_public_key_path, workdir)
+        if verifier is None:
+            raise ConfigError(f"{', '.join(needed)} auth is NeonJWT but there is no key to "
+                              "verify tokens: set auth_validation_public_key_path (or start "
+                              "the stack with `pagestore start`, which makes its own)")
+        verifiers = dict.fromkeys(needed, verifier)
+    # The services call each other's gRPC ports with the stack's own token when any of
+    # them needs one.
+    token = ""
+    if any(config.auth_type("grpc", getattr(config, s).listen_addr) == "NeonJWT"
+           for s in SERVICE_SECTIONS):
+        token = auth.internal_token(workdir)
+        if not token:
+            raise ConfigError(f"grpc auth is NeonJWT but {auth.internal_dir(workdir)} has no "
+                              "token for the services: start them with `pagestore start` "
+                              "(or `pagestore auth internal` first)")
+    configure_clients(token=token, root_certificates=auth.trusted_certificates(config))
+    tls = None
+    if config.tls:
+        try:
+            tls = (Path(config.ssl_cert_file).read_bytes(), Path(config.ssl_key_file).read_bytes())
+        except OSError as e:
+            raise ConfigError(f"cannot read the TLS certificate or key: {e}") from None
+    return verifiers, tls
 
 
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -35,11 +35,12 @@ from typing import Any
 
 import psycopg
 
+from pagestore.auth import make_internal_credentials, trusted_certificates
 from pagestore.catalog import schema
 from pagestore.catalog.db import make_engine
 from pagestore.config import CONFIG_FILE_NAME, Config, load_config, render_config
 from pagestore.errors import PagestoreError
-from pagestore.grpcutil import check_health
+from pagestore.grpcutil import check_health, configure_clients
 from pagestore.pg.cluster import PgCluster, find_pg_bin_dir, free_port
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,16 @@ CATALOG_USER = "pagestore"
 
 class StackError(PagestoreError):
     """The stack could not be started or stopped."""
+
+
+def needs_tokens(cfg: Config) -> bool:
+    """Whether any port of the stack checks tokens (then the services need their own)."""
+    for name in SERVICES:
+        section = getattr(cfg, name)
+        if cfg.auth_type("grpc", section.listen_addr) == "NeonJWT":
+            return True
+    return (cfg.auth_type("http", cfg.housekeeping.listen_http_addr) == "NeonJWT"
+            or cfg.auth_type("pg", cfg.gateway.listen_pg_addr) == "NeonJWT")
 
 
 def split_addr(addr: str) -> tuple[str, int]:
@@ -288,6 +299,11 @@ class Stack:
             self.run_dir.chmod(0o700)
             self.resolved_config_path.write_text(render_config(cfg))
             self.resolved_config_path.chmod(0o600)
+            if needs_tokens(cfg):
+                # The services' own key pair and token, new at every start of the whole
+                # stack (docs/security.md); a partial restart keeps the running ones'.
+                make_internal_credentials(self.workdir)
+        configure_clients(root_certificates=trusted_certificates(cfg))
         started: list[str] = []
         try:
             # All at once (each finds its peers when it needs them; a service that calls
@@ -359,6 +375,7 @@ class Stack:
     # ------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
         cfg = self.effective_config()
+        configure_clients(root_certificates=trusted_certificates(cfg))  # TLS health checks
         services: dict[str, Any] = {}
         for name in SERVICES:
             section = getattr(cfg, name)

@@ -211,6 +211,10 @@ def authentication_ok() -> bytes:
     return message(BackendMessage.AUTHENTICATION.value, INT32.pack(0))
 
 
+def authentication_cleartext_password() -> bytes:
+    return message(BackendMessage.AUTHENTICATION.value, INT32.pack(AuthRequest.CLEARTEXT_PASSWORD))
+
+
 def parameter_status(name: str, value: str) -> bytes:
     return message(BackendMessage.PARAMETER_STATUS.value,
                    name.encode() + b"\x00" + value.encode() + b"\x00")

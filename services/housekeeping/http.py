@@ -32,9 +32,11 @@ from aiohttp import web
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from pagestore import metrics
+from pagestore.auth import bearer
 from pagestore.config import Duration, TenantConfig, parse_tenant_setting, tenant_settings
 from pagestore.errors import (
     AlreadyExists,
+    AuthenticationError,
     BadRequest,
     ConfigError,
     CorruptionError,
@@ -43,6 +45,7 @@ from pagestore.errors import (
     LsnTimeout,
     NotFound,
     PagestoreError,
+    PermissionDenied,
     RemoteStorageError,
     TenantNotFound,
     Unavailable,
@@ -62,6 +65,7 @@ from pagestore.proto import (
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
+    from pagestore.auth import Claims, JwtVerifier
     from pagestore.catalog.repo import TimelineRecord
     from services.housekeeping.server import HousekeepingServicer
 
@@ -72,6 +76,8 @@ OPENAPI_PATH = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
 
 #: HTTP status of each error class (the most specific class wins).
 STATUS: list[tuple[type[PagestoreError], int]] = [
+    (AuthenticationError, 401),
+    (PermissionDenied, 403),
     (LsnTimeout, 408),
     (LsnOutOfRange, 400),
     (BadRequest, 400),
@@ -82,6 +88,9 @@ STATUS: list[tuple[type[PagestoreError], int]] = [
     (RemoteStorageError, 503),
     (CorruptionError, 500),
 ]
+
+#: Routes open without a token, as Neon's allow-list (liveness, the spec, metrics).
+OPEN_PATHS = frozenset({"/v1/status", "/swagger.yml", "/metrics"})
 
 #: Timeline states as Neon names them (broken is an object with the reason).
 TIMELINE_STATE = {"created": "Loading", "importing": "Loading", "active": "Active",
@@ -266,8 +275,9 @@ def config_response(resp: housekeeping_pb2.TenantConfigResponse,
 # ---------------------------------------------------------------------- the API
 class ManagementApi:
     def __init__(self, servicer: HousekeepingServicer, defaults: TenantConfig, *,
-                 node_id: int) -> None:
+                 node_id: int, verifier: JwtVerifier | None = None) -> None:
         self.hk = servicer
+        self.verifier = verifier  # None: Trust
         self.defaults = defaults
         self.node_id = node_id
         self.launched = rfc3339(datetime.datetime.now(datetime.UTC))
@@ -307,6 +317,7 @@ class ManagementApi:
                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                          ) -> web.StreamResponse:
         try:
+            self._authenticate(request)
             resp = await handler(request)
         except web.HTTPException as e:  # aiohttp's own: unknown path, wrong method
             resp = web.json_response({"msg": e.reason if e.text is None else e.text},
@@ -335,6 +346,26 @@ class ManagementApi:
             f"{request.method} {route.canonical if route is not None else 'unknown'}",
             str(resp.status)).inc()
         return resp
+
+    def _authenticate(self, request: web.Request) -> None:
+        """With NeonJWT: a valid Bearer token for every route but OPEN_PATHS; a route
+        with a tenant in its path needs a token for that tenant (or pageserverapi), the
+        server-wide ones pageserverapi; /v1/tenant/config checks the body's tenant."""
+        if self.verifier is None or request.path in OPEN_PATHS:
+            return
+        claims = self.verifier.verify(bearer(request.headers.get("Authorization")))
+        request["claims"] = claims
+        tenant = request.match_info.get("tenant_id")
+        if tenant is not None:
+            claims.check_tenant(tenant_arg(request))
+        elif request.path != "/v1/tenant/config":
+            claims.check_server()
+
+    @staticmethod
+    def _authorize(request: web.Request, tenant: str) -> None:
+        claims: Claims | None = request.get("claims")
+        if claims is not None:
+            claims.check_tenant(tenant)
 
     def pages(self) -> page_service_pb2_grpc.PageServiceAsyncStub:
         if self._pages is None:
@@ -437,6 +468,7 @@ class ManagementApi:
         if body.get("tenant_id") is None:
             raise BadRequest("tenant_id: required")
         tid = parse_id(TenantId, body["tenant_id"], "tenant_id")
+        self._authorize(request, tid)
         changes = {k: v for k, v in body.items() if k in known and v is not None}
         if patch:  # null unsets a field, an absent one stays
             reset = [k for k, v in body.items() if k in known and v is None]

@@ -560,7 +560,8 @@ async def setup(ctx: ServiceContext) -> None:
     servicer = HousekeepingServicer(manager, housekeeper, ctx.config.service_addr("ingest"),
                                     ctx.config.service_addr("pageread"), remote)
     housekeeping_pb2_grpc.add_HousekeepingServicer_to_server(servicer, ctx.grpc.server)
-    ManagementApi(servicer, ctx.config.tenant, node_id=ctx.config.node_id).routes(ctx.http)
+    ManagementApi(servicer, ctx.config.tenant, node_id=ctx.config.node_id,
+                  verifier=ctx.http_verifier).routes(ctx.http)
     ctx.metrics_refresh.append(servicer.refresh_metrics)
     housekeeper.scheduler.start()
     ctx.grpc.on_shutdown.append(housekeeper.scheduler.stop)

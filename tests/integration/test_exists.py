@@ -50,14 +50,12 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
 from pagestore.lsn import Lsn
 from pagestore.pg.cluster import PgCluster
 from pagestore.proto import page_service_pb2 as pb
 from pagestore.proto import page_service_pb2_grpc
 from tests.fixtures.stack import StackRunner
-from tests.fixtures.util import wait_until
+from tests.fixtures.util import client_channel, wait_until
 from tests.fixtures.waldump import run_pg_waldump
 from tests.integration.test_gateway import RawClient, v2_error, v2_rel_request
 from tests.integration.test_ingest_service import attach, caught_up, status
@@ -243,7 +241,7 @@ def test_fork_existence_over_grpc_and_libpq(stack: StackRunner, pg_factory) -> N
     md = (("neon-tenant-id", tenant), ("neon-timeline-id", timeline), ("neon-shard-id", "0000"))
     read_lsn = pb.ReadLsn(request_lsn=int(lsn), not_modified_since_lsn=int(lsn))
     grpc_wrong = []
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+    with client_channel(f"127.0.0.1:{port}") as ch:
         stub = page_service_pb2_grpc.PageServiceStub(ch)
         futures = [stub.GetRelSize.future(pb.GetRelSizeRequest(
             read_lsn=read_lsn, rel=pb.RelTag(spc_oid=rel[0], db_oid=rel[1], rel_number=rel[2],

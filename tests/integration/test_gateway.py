@@ -60,16 +60,28 @@ class PgError(Exception):
 class RawClient:
     """A libpq frontend over a plain socket: startup, simple query, CopyBoth."""
 
-    def __init__(self, port: int, timeout: float = 60) -> None:
+    def __init__(self, port: int, timeout: float = 60, password: str | None = None) -> None:
+        """``password``: the token for a NeonJWT port (default $PGPASSWORD, which the
+        stack fixture sets when auth is on)."""
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.buf = b""
         params = b"user\x00test\x00application_name\x00gateway-test\x00\x00"
         body = struct.pack("!i", 196608) + params
         self.sock.sendall(struct.pack("!i", len(body) + 4) + body)
+        password = os.environ.get("PGPASSWORD") if password is None else password
+        try:
+            self._handshake(password)
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def _handshake(self, password: str | None) -> None:
         auth_ok = False
         while True:
             t, body = self.read()
-            if t == b"R":
+            if t == b"R" and struct.unpack("!i", body[:4])[0] == 3:  # cleartext password
+                self.send(b"p", (password or "").encode() + b"\x00")
+            elif t == b"R":
                 assert struct.unpack("!i", body[:4])[0] == 0  # AuthenticationOk
                 auth_ok = True
             elif t == b"Z":

@@ -23,7 +23,7 @@ from tests.fixtures.consistency import relation_kinds
 from tests.fixtures.postgres import pg_basebackup
 from tests.fixtures.stack import StackRunner
 from tests.fixtures.standby import stop_primary_and_compare
-from tests.fixtures.util import wait_until
+from tests.fixtures.util import client_channel, wait_until
 
 
 def attach(stack: StackRunner, primary) -> tuple[str, str]:
@@ -65,7 +65,6 @@ def test_attach_stream_kill_and_resume(stack: StackRunner, pg_factory, work_dir:
     assert primary.psql(f"SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'") == "1"
 
     # Flush position seen by the primary never exceeds what is durable.
-    import grpc
 
     from pagestore.proto import common_pb2, housekeeping_pb2_grpc
 
@@ -80,7 +79,7 @@ def test_attach_stream_kill_and_resume(stack: StackRunner, pg_factory, work_dir:
         # disk_consistent_lsn as `pagestore timeline status` gets it (the housekeeping
         # service's GetTimeline: ingest's live LSNs, the catalog's while ingest is down),
         # over one channel rather than a CLI process per sample, so that samples are many.
-        with grpc.insecure_channel(housekeeping) as ch:
+        with client_channel(housekeeping) as ch:
             stub = housekeeping_pb2_grpc.HousekeepingStub(ch)
             while not stop_sampling.is_set():
                 try:
@@ -287,7 +286,7 @@ def test_ingest_grpc_api(stack: StackRunner, pg_factory) -> None:
     tenant, timeline = attach(stack, primary)
     port = stack.status()["services"]["ingest"]["port"]
     ref = common_pb2.TimelineRef(tenant_id=tenant, timeline_id=timeline)
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+    with client_channel(f"127.0.0.1:{port}") as ch:
         stub = ingest_pb2_grpc.IngestStub(ch)
         lsns = stub.GetTimelineLsns(ref, timeout=10)
         assert lsns.state == "streaming" or lsns.state == "connecting"

@@ -22,7 +22,6 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import psycopg
 import pytest
 
@@ -33,7 +32,7 @@ from pagestore.proto import page_service_pb2 as pb
 from pagestore.proto import page_service_pb2_grpc, pageread_pb2, pageread_pb2_grpc
 from pagestore.redo import masking
 from tests.fixtures.stack import StackRunner
-from tests.fixtures.util import wait_until
+from tests.fixtures.util import client_channel, wait_until
 from tests.integration.test_gateway import PgError, RawClient, v2_get_page
 from tests.integration.test_ingest_service import attach, caught_up, status
 
@@ -125,7 +124,7 @@ def test_max_blocks_per_request(stack: StackRunner, pg_factory) -> None:
     refused = r"WARNING pageread .*GetPages request for (\d+) blocks refused: over " \
               r"pageread\.max_blocks_per_request 8 \((\d+) refused so far\)"
     assert not log_lines(stack, "pageread", refused)
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+    with client_channel(f"127.0.0.1:{port}") as ch:
         stub = page_service_pb2_grpc.PageServiceStub(ch)
         reqs = Requests()
         answers = stub.GetPages(iter(reqs), metadata=metadata(tenant, timeline), timeout=120)
@@ -303,7 +302,7 @@ def test_bounded_recent_tail(stack: StackRunner, pg_factory) -> None:
     tail_full = (r"WARNING pageread .*recent tail holds (\d+) bytes, over "
                  rf"pageread\.max_tail_bytes {TAIL_LIMIT} \((\d+) times so far\): leaving the "
                  r"subscription until layer files cover it")
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+    with client_channel(f"127.0.0.1:{port}") as ch:
         pages = page_service_pb2_grpc.PageServiceStub(ch)
         extras = pageread_pb2_grpc.PageReadExtrasStub(ch)
 

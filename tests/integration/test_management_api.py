@@ -11,6 +11,7 @@ docs/openapi.yaml.
 from __future__ import annotations
 
 import datetime
+import os
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -39,6 +40,9 @@ class Api:
         self.base = f"http://127.0.0.1:{port}"
 
     def call(self, method: str, path: str, expect: int, **kw: Any) -> Any:
+        token = os.environ.get("PAGESTORE_AUTH_TOKEN")  # a stack with auth on
+        if token:
+            kw.setdefault("headers", {})["Authorization"] = f"Bearer {token}"
         r = requests.request(method, self.base + path, timeout=300, **kw)
         assert r.status_code == expect, (method, path, r.status_code, r.text)
         assert r.headers.get("PAGESERVER_LAUNCH_TIMESTAMP"), r.headers

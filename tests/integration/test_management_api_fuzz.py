@@ -59,6 +59,9 @@ def test_schemathesis_finds_no_server_errors(stack: StackRunner) -> None:
     stack.start()
     base_url = f"http://127.0.0.1:{stack.status()['services']['housekeeping']['http_port']}"
     session = requests.Session()
+    token = os.environ.get("PAGESTORE_AUTH_TOKEN")  # a stack with auth on
+    if token:
+        session.headers["Authorization"] = f"Bearer {token}"
     # A tenant with an (empty) timeline, so generated requests also reach existing objects.
     assert session.post(f"{base_url}/v1/tenant", json={"new_tenant_id": KNOWN_TENANT},
                         timeout=30).status_code == 201

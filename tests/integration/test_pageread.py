@@ -14,7 +14,7 @@ from pagestore.proto import page_service_pb2 as pb
 from pagestore.proto import page_service_pb2_grpc, pageread_pb2, pageread_pb2_grpc
 from pagestore.redo import masking
 from tests.fixtures.stack import StackRunner
-from tests.fixtures.util import wait_until
+from tests.fixtures.util import client_channel, wait_until
 from tests.integration.test_gateway import (
     PRIMARY_SETTINGS,
     clog_pages,
@@ -58,7 +58,7 @@ def test_pages_sizes_and_errors(stack: StackRunner, pg_factory) -> None:
     port = stack.status()["services"]["pageread"]["port"]
     md = _metadata(tenant, timeline)
     read_lsn = pb.ReadLsn(request_lsn=int(end))
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+    with client_channel(f"127.0.0.1:{port}") as ch:
         stub = page_service_pb2_grpc.PageServiceStub(ch)
         for name, (relnode, nblocks, path) in rels.items():
             rel = pb.RelTag(spc_oid=1663, db_oid=db, rel_number=relnode, fork_number=0)

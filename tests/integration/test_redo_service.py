@@ -12,6 +12,7 @@ from pagestore.pg.xlogrecord import decode_record
 from pagestore.proto import common_pb2, redo_pb2, redo_pb2_grpc
 from pagestore.redo.bufpage import get_item_id, new_page, page_get_lsn, page_get_max_offset_number
 from tests.fixtures.stack import StackRunner
+from tests.fixtures.util import client_channel
 from tests.unit.test_wal_fuzz import SEEDS
 
 
@@ -37,7 +38,7 @@ def test_redo_rpcs(stack: StackRunner) -> None:
 
         page_add_item(base_page, b"\x00" * 24, i)
     record = common_pb2.KeyValue(key=key, lsn=int(lsn), value=values.pg_record(raw, 0, False))
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+    with client_channel(f"127.0.0.1:{port}") as ch:
         stub = redo_pb2_grpc.RedoStub(ch)
         page = stub.Redo(redo_pb2.RedoRequest(key=key, lsn=int(lsn), base_image=bytes(base_page),
                                               records=[record]), timeout=30).page

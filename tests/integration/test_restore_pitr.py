@@ -29,7 +29,7 @@ from pagestore.pg.replication import (
 from pagestore.proto import pageread_pb2, pageread_pb2_grpc
 from pagestore.restore import LOG_FILE
 from tests.fixtures.stack import StackRunner
-from tests.fixtures.util import wait_until
+from tests.fixtures.util import client_channel, wait_until
 from tests.integration.test_ingest_service import attach, status
 
 RFC3339_UTC = "YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\""
@@ -44,7 +44,7 @@ class Extras:
 
     def __init__(self, stack: StackRunner, tenant: str, timeline: str) -> None:
         port = stack.status()["services"]["pageread"]["port"]
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.channel = client_channel(f"127.0.0.1:{port}")
         self.stub = pageread_pb2_grpc.PageReadExtrasStub(self.channel)
         self.md = _metadata(tenant, timeline)
 

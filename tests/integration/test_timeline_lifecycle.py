@@ -30,7 +30,7 @@ from pagestore.proto import (
 )
 from tests.fixtures.stack import StackRunner
 from tests.fixtures.standby import PageApiClient
-from tests.fixtures.util import wait_until
+from tests.fixtures.util import client_channel, wait_until
 from tests.integration.test_ingest_service import attach, status
 
 MASK = "********"
@@ -41,7 +41,7 @@ class Housekeeping:
     """A gRPC client of the stack's housekeeping service."""
 
     def __init__(self, port: int) -> None:
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.channel = client_channel(f"127.0.0.1:{port}")
         self.stub = housekeeping_pb2_grpc.HousekeepingStub(self.channel)
 
     def close(self) -> None:
@@ -242,7 +242,7 @@ def test_broken_timeline_keeps_slot_and_resumes(stack: StackRunner, pg_factory) 
     assert slot_count(primary, slot) == 1
     assert Lsn.parse(st["last_record_lsn"]) < unreached
     # The receiver loop, as the ingest service reports it: finished, with its last error.
-    with grpc.insecure_channel(f"127.0.0.1:{services['ingest']['port']}") as ch:
+    with client_channel(f"127.0.0.1:{services['ingest']['port']}") as ch:
         lsns = ingest_pb2_grpc.IngestStub(ch).GetTimelineLsns(
             common_pb2.TimelineRef(tenant_id=tenant, timeline_id=timeline), timeout=30)
     assert lsns.state == "broken"

@@ -60,8 +60,12 @@ def test_every_service_is_wired() -> None:
 
 def test_container_config_is_valid_and_addresses_agree() -> None:
     cfg = load_config(ROOT / "docker" / "pagestore.toml")
-    assert cfg.catalog.url.startswith("postgresql+psycopg://")
     compose = _compose()
+    # No secret in the image's config: the catalog URL comes from the environment.
+    text = (ROOT / "docker" / "pagestore.toml").read_text().lower()
+    assert not cfg.catalog.url and "password" not in text and "@catalog" not in text
+    env = compose["x-pagestore"]["environment"]
+    assert env["PAGESTORE_CATALOG_URL"].startswith("postgresql+psycopg://")
     for name in SERVICE_MODULES:
         host, _, port = cfg.service_addr(name).partition(":")
         assert host == name
@@ -78,3 +82,24 @@ def test_dockerfile_copies_what_exists() -> None:
         if ln.startswith("COPY") and "--from=" not in ln:
             for src in ln.split()[1:-1]:
                 assert (ROOT / src).exists(), f"Dockerfile copies missing {src}"
+
+
+def test_no_port_is_published_without_auth() -> None:
+    """Every port compose publishes on the host checks tokens (docs/security.md), and the
+    keys are made before any service starts."""
+    cfg = load_config(ROOT / "docker" / "pagestore.toml")
+    compose = _compose()
+    kinds = {"gateway": [("pg", cfg.gateway.listen_pg_addr), ("grpc", cfg.gateway.listen_addr)],
+             "housekeeping": [("http", cfg.housekeeping.listen_http_addr),
+                              ("grpc", cfg.housekeeping.listen_addr)]}
+    published = {name: svc["ports"] for name, svc in compose["services"].items()
+                 if svc.get("ports")}
+    assert published, "the compose file publishes the gateway and the management API"
+    for name in published:
+        assert name in kinds, f"{name} publishes a port: is it authenticated?"
+        for port, addr in kinds[name]:
+            assert cfg.auth_type(port, addr) == "NeonJWT", (name, port)
+    for name in SERVICE_MODULES:
+        assert cfg.auth_type("grpc", getattr(cfg, name).listen_addr) == "NeonJWT", name
+        assert "auth-init" in compose["services"][name]["depends_on"], name
+    assert cfg.auth_validation_public_key_path.startswith("/data/")

@@ -70,6 +70,9 @@ if TYPE_CHECKING:
     from pagestore.proto import page_service_pb2 as pb
 
 log = logging.getLogger(__name__)
+#: This service's GetPage series, bound once (a label lookup per request costs a lock).
+_LATENCY = metrics.GETPAGE_LATENCY.labels("gateway")
+_PAGES = metrics.GETPAGE_PAGES.labels("gateway")
 
 MAX_IN_FLIGHT = 256  # answers outstanding before the reader stops reading
 MAX_BATCH = 32  # blocks per coalesced GetPageRequest (Neon's max_batch_size)
@@ -108,7 +111,7 @@ def error_text(err: PagestoreError) -> str:
 
 def _observe_getpage(started: float, fut: asyncio.Future[bytes]) -> None:
     """A pagestream GetPage is answered (a page or an error): its latency for /metrics."""
-    metrics.GETPAGE_LATENCY.labels("gateway").observe(time.perf_counter() - started)
+    _LATENCY.observe(time.perf_counter() - started)
 
 
 def _retry_singly(err: PagestoreError) -> bool:
@@ -280,7 +283,7 @@ class Pagestream:
                 if not fut.done():
                     fut.set_exception(e)
             return
-        metrics.GETPAGE_PAGES.labels("gateway").inc(len(members))
+        _PAGES.inc(len(members))
         for (req, fut), image in zip(members, images, strict=True):
             if not fut.done():
                 fut.set_result(ps.encode_response(ps.GetPageResponse(image), req, self.version))

@@ -662,7 +662,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from google.protobuf.timestamp_pb2 import Timestamp
 
     from pagestore import restore
-    from pagestore.grpcutil import SHARD_METADATA_KEY, TENANT_METADATA_KEY, TIMELINE_METADATA_KEY
+    from pagestore.grpcutil import timeline_metadata
     from pagestore.pg.cluster import (
         POSTGRES_OS_USER,
         find_pg_bin_dir,
@@ -684,8 +684,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     cfg = stack.effective_config()
     bin_dir = find_pg_bin_dir(cfg.pg_bin_dir) if args.start else None
     addr = cfg.service_addr("pageread")
-    md = ((TENANT_METADATA_KEY, tenant), (TIMELINE_METADATA_KEY, tlid),
-          (SHARD_METADATA_KEY, "0000"))
+    md = timeline_metadata(tenant, tlid)
     with _connect(stack, addr) as ch:
         stub: Any = pageread_pb2_grpc.PageReadExtrasStub(ch)
         try:

@@ -55,18 +55,24 @@ class RestoreError(PagestoreError):
     """The backup could not be unpacked (a broken or cut-off archive)."""
 
 
-def parse_time(text: str) -> datetime.datetime:
+def parse_time(text: str, field: str = "") -> datetime.datetime:
     """An RFC 3339 / ISO 8601 time with a time zone, e.g. ``2026-03-04T05:06:07.5Z`` or
-    ``2026-03-04 05:06:07+02`` (what PostgreSQL's ``SELECT now()`` prints)."""
+    ``2026-03-04 05:06:07+02`` (what PostgreSQL's ``SELECT now()`` prints), in UTC.
+    BadRequest (its message prefixed with ``field``, the parameter's name) otherwise.
+    The one parser of such times (the CLI's restore, the management API)."""
+    prefix = f"{field}: " if field else ""
     try:
         when = datetime.datetime.fromisoformat(text.strip())
     except ValueError:
-        raise BadRequest(f"invalid time {text!r}: expected RFC 3339 / ISO 8601 with a time "
-                         "zone, e.g. 2026-03-04T05:06:07Z") from None
+        raise BadRequest(f"{prefix}invalid time {text!r}: expected RFC 3339 / ISO 8601 with a "
+                         "time zone, e.g. 2026-03-04T05:06:07Z") from None
     if when.tzinfo is None or when.utcoffset() is None:
-        raise BadRequest(f"time {text!r} has no time zone: add Z for UTC or an offset such "
-                         "as +02:00")
-    return when
+        raise BadRequest(f"{prefix}time {text!r} has no time zone: add Z for UTC or an "
+                         "offset such as +02:00")
+    try:
+        return when.astimezone(datetime.UTC)
+    except OverflowError:
+        raise BadRequest(f"{prefix}time {text!r} is out of range") from None
 
 
 class Resolution(NamedTuple):

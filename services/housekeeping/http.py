@@ -51,7 +51,7 @@ from pagestore.errors import (
     Unavailable,
     from_rpc_error,
 )
-from pagestore.grpcutil import SHARD_METADATA_KEY, TENANT_METADATA_KEY, TIMELINE_METADATA_KEY
+from pagestore.grpcutil import timeline_metadata
 from pagestore.ids import TenantId, TimelineId
 from pagestore.lsn import Lsn
 from pagestore.proto import (
@@ -61,6 +61,7 @@ from pagestore.proto import (
     page_service_pb2_grpc,
     pageread_pb2,
 )
+from pagestore.restore import parse_time
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -111,20 +112,6 @@ def lsn_text(lsn: int | None) -> str | None:
 def rfc3339(when: datetime.datetime) -> str:
     return when.astimezone(datetime.UTC).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z")
-
-
-def parse_time(text: str, field: str) -> datetime.datetime:
-    try:
-        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise BadRequest(f"{field}: cannot parse {text!r} as an RFC 3339 time "
-                         "(e.g. 2026-11-30T07:00:00Z)") from None
-    if when.tzinfo is None:
-        raise BadRequest(f"{field}: {text!r} has no time zone (RFC 3339 needs one, e.g. Z)")
-    try:
-        return when.astimezone(datetime.UTC)
-    except OverflowError:
-        raise BadRequest(f"{field}: {text!r} is out of range") from None
 
 
 def parse_lsn(value: object, field: str) -> Lsn:
@@ -373,11 +360,6 @@ class ManagementApi:
 
             self._pages = page_service_pb2_grpc.PageServiceStub(channel(self.hk.pageread_addr))
         return self._pages
-
-    @staticmethod
-    def _metadata(tenant: str, timeline: str) -> tuple[tuple[str, str], ...]:
-        return ((TENANT_METADATA_KEY, tenant), (TIMELINE_METADATA_KEY, timeline),
-                (SHARD_METADATA_KEY, "0000"))
 
     async def _record(self, tenant: str, timeline: str) -> TimelineRecord:
         """The timeline's catalog row (TenantNotFound / TimelineNotFound: 404)."""
@@ -693,7 +675,7 @@ class ManagementApi:
     async def _extras(self, name: str, request: Any, tenant: str, timeline: str) -> Any:
         method = getattr(self.hk.pageread(), name)
         try:
-            return await method(request, timeout=60, metadata=self._metadata(tenant, timeline))
+            return await method(request, timeout=60, metadata=timeline_metadata(tenant, timeline))
         except grpc.aio.AioRpcError as e:
             raise from_rpc_error(e) from None
 
@@ -729,7 +711,7 @@ class ManagementApi:
         try:
             resp = await self.pages().LeaseLsn(page_service_pb2.LeaseLsnRequest(lsn=int(lsn)),
                                                timeout=30,
-                                               metadata=self._metadata(tenant, timeline))
+                                               metadata=timeline_metadata(tenant, timeline))
         except grpc.aio.AioRpcError as e:
             raise from_rpc_error(e) from None
         return rfc3339(resp.expires.ToDatetime(tzinfo=datetime.UTC))

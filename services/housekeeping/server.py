@@ -30,11 +30,9 @@ from pagestore.errors import (
     from_rpc_error,
 )
 from pagestore.grpcutil import (
-    SHARD_METADATA_KEY,
-    TENANT_METADATA_KEY,
-    TIMELINE_METADATA_KEY,
     channel,
     loop_status,
+    timeline_metadata,
 )
 from pagestore.ids import TenantId, TimelineId
 from pagestore.lsn import Lsn
@@ -181,9 +179,8 @@ class HousekeepingServicer(housekeeping_pb2_grpc.HousekeepingServicer):
         try:
             read = await self.pageread().GetTimelineStatus(
                 pageread_pb2.GetTimelineStatusRequest(with_logical_size=logical_size),
-                timeout=60 if logical_size else 5, metadata=(
-                    (TENANT_METADATA_KEY, info.tenant_id),
-                    (TIMELINE_METADATA_KEY, info.timeline_id), (SHARD_METADATA_KEY, "0000")))
+                timeout=60 if logical_size else 5,
+                metadata=timeline_metadata(info.tenant_id, info.timeline_id))
             info.loops.extend(read.loops)
             if read.logical_size_known:
                 info.current_logical_size = read.logical_size

@@ -3,7 +3,7 @@ and floors measured in the same run.
 
     .venv/bin/python bench/getpage.py [--scale 10] [--seconds 10] [--warmup 2]
         [--processes 8] [--load-seconds 20] [--redo-blocks 360] [--images] [--compaction]
-        [--keep]
+        [--auth] [--keep]
 
 The path users meet (the default): the timeline is attached to an empty PostgreSQL 15
 primary (autovacuum off: nothing changes the pages behind the benchmark's back) first,
@@ -44,6 +44,11 @@ Peers and floors, same run: the primary's own `pgbench -S -n` (select-only) over
 --processes clients for --seconds; pread of the same blocks from the primary's files;
 a grpc.health.v1 Check round trip to pageread over one channel (the gRPC floor); cold
 QD1 GetPages sent to pageread directly over gRPC (no gateway).
+
+With --auth every port checks tokens (NeonJWT, docs/security.md): the clients send a
+tenant token as the libpq password, the gRPC peers a Bearer header, and the services
+their own pageserverapi token on every internal call (pageread -> redo per batch); run
+with and without it to see what authentication costs on this path.
 
 Targets (issue 13; figures, not tests; 2-core machine), latest LSN, cold page cache:
 
@@ -103,6 +108,10 @@ def cli(workdir: Path, *args: str) -> str:
     return proc.stdout
 
 
+#: AuthenticationCleartextPassword's code in an 'R' message.
+AUTH_CLEARTEXT_PASSWORD = struct.pack("!i", 3)
+
+
 def getpage_message(nms: int, spc: int, db: int, rel: int, blk: int,
                     request_lsn: int = LATEST) -> bytes:
     """One GetPage request (at the latest LSN by default), framed as a CopyData message."""
@@ -113,15 +122,22 @@ def getpage_message(nms: int, spc: int, db: int, rel: int, blk: int,
 class PagestreamConnection:
     """A minimal libpq client: startup, one simple query, then the CopyBoth stream."""
 
-    def __init__(self, port: int, tenant: str, timeline: str) -> None:
+    def __init__(self, port: int, tenant: str, timeline: str, password: str = "") -> None:
         self.sock = socket.create_connection(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = bytearray()
         params = b"user\x00postgres\x00database\x00postgres\x00\x00"
         body = struct.pack("!i", 196608) + params
         self.sock.sendall(struct.pack("!i", len(body) + 4) + body)
-        while self._message()[0] != b"Z":
-            pass
+        while True:
+            kind, body = self._message()
+            if kind == b"Z":
+                break
+            if kind == b"E":
+                raise SystemExit(f"gateway refused the connection: {body!r}")
+            if kind == b"R" and body[:4] == AUTH_CLEARTEXT_PASSWORD:
+                pw = password.encode() + b"\x00"
+                self.sock.sendall(b"p" + struct.pack("!i", len(pw) + 4) + pw)
         q = f"pagestream_v2 {tenant} {timeline}".encode() + b"\x00"
         self.sock.sendall(b"Q" + struct.pack("!i", len(q) + 4) + q)
         kind, body = self._message()
@@ -298,14 +314,14 @@ class GatewayLog:
 
 # --------------------------------------------------------------------------- client processes
 
-def client(port: int, tenant: str, timeline: str, db: int, lsns: list[int],
+def client(port: int, tenant: str, timeline: str, password: str, db: int, lsns: list[int],
            units: list[list[tuple[int, int]]], warm: float, secs: float, barrier: Any,
            results: Any) -> None:
     """One client process: one connection, one unit (1 block, or a batch of one
     relation's blocks) in flight, over its own units until the window closes.  Pass p
     over the units reads at lsns[p] (pass 0: the latest LSN), so no page is asked twice
     at one LSN (a page cache hit) unless the passes outrun ``lsns``."""
-    conn = PagestreamConnection(port, tenant, timeline)
+    conn = PagestreamConnection(port, tenant, timeline, password)
     barrier.wait()
     t0 = time.monotonic()
     t_measure, t_end = t0 + warm, t0 + warm + secs
@@ -348,7 +364,7 @@ def run_load(b: Bench, units: list[list[tuple[int, int]]], processes: int, warm:
     n = len(units)
     cuts = [i * n // processes for i in range(processes + 1)]
     slices = [units[cuts[i]:cuts[i + 1]] for i in range(processes)]
-    procs = [ctx.Process(target=client, args=(b.gateway_port, b.tenant, b.timeline, b.db,
+    procs = [ctx.Process(target=client, args=(b.gateway_port, b.tenant, b.timeline, b.token, b.db,
                                               lsns, part, warm, secs, barrier, results))
              for part in slices]
     b.gateway_log.mark()
@@ -397,7 +413,7 @@ class Bench:
                       # Nothing changes the pages behind the benchmark's back.
                       "autovacuum": "off"})
         self.conn = ["-h", "127.0.0.1", "-p", str(self.primary.port), "-U", self.primary.user]
-        self.tenant = self.timeline = ""
+        self.tenant = self.timeline = self.token = ""
         self.db = self.nms = self.gateway_port = self.pageread_port = 0
         self.rels: list[tuple[str, int, int, Path]] = []  # name, relnode, nblocks, file
         self.meter = CpuMeter({})
@@ -411,8 +427,19 @@ class Bench:
             raise SystemExit(f"pgbench {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
         return proc.stdout
 
+    def auth_settings(self) -> list[str]:
+        """--auth: a key pair, and NeonJWT on every port (the `init` overrides)."""
+        if not self.args.auth:
+            return []
+        private, public = self.base / "auth" / "private.pem", self.base / "auth" / "public.pem"
+        cli(self.workdir, "auth", "keygen", "--private-key", str(private),
+            "--public-key", str(public))
+        return ["-c", f"auth_validation_public_key_path='{public}'",
+                *[x for port in ("pg", "http", "grpc") for x in ("-c", f"{port}_auth_type='NeonJWT'")]]
+
     def attach(self, pause_compaction: bool) -> None:
-        cli(self.workdir, "init", "-c", "catalog.port=0", *[
+        auth = self.auth_settings()
+        cli(self.workdir, "init", *auth, "-c", "catalog.port=0", *[
             x for s in ("ingest", "pageread", "redo", "housekeeping", "gateway")
             for k in ("listen_addr", "listen_http_addr")
             for x in ("-c", f"{s}.{k}='127.0.0.1:0'")],
@@ -422,6 +449,10 @@ class Bench:
             "-c", f"event_loop='{getattr(self.args, 'event_loop', 'uvloop')}'")
         cli(self.workdir, "start")
         self.tenant = cli(self.workdir, "tenant", "create").strip()
+        if self.args.auth:
+            self.token = cli(self.workdir, "auth", "token", "--scope", "tenant", "--tenant",
+                             self.tenant, "--private-key",
+                             str(self.base / "auth" / "private.pem")).strip()
         self.timeline = cli(self.workdir, "timeline", "create", "--tenant", self.tenant,
                             "--wal-source", f"host=127.0.0.1 port={self.primary.port} "
                             f"user={self.primary.user}").strip()
@@ -540,6 +571,7 @@ class Bench:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         from pagestore.grpcutil import (
+            AUTHORIZATION_METADATA_KEY,
             SHARD_METADATA_KEY,
             TENANT_METADATA_KEY,
             TIMELINE_METADATA_KEY,
@@ -557,8 +589,11 @@ class Bench:
                 t0 = time.perf_counter()
                 health.Check(health_pb2.HealthCheckRequest())
                 checks.append((time.perf_counter() - t0) * 1000)
-            md = ((TENANT_METADATA_KEY, self.tenant), (TIMELINE_METADATA_KEY, self.timeline),
-                  (SHARD_METADATA_KEY, "0000"))
+            md: tuple[tuple[str, str], ...] = (
+                (TENANT_METADATA_KEY, self.tenant), (TIMELINE_METADATA_KEY, self.timeline),
+                (SHARD_METADATA_KEY, "0000"))
+            if self.token:
+                md += ((AUTHORIZATION_METADATA_KEY, f"Bearer {self.token}"),)
             requests: queue.Queue[Any] = queue.Queue()
             responses = page_service_pb2_grpc.PageServiceStub(channel).GetPages(
                 iter(requests.get, None), metadata=md)
@@ -655,7 +690,7 @@ class Bench:
 
     def read_once(self, blocks: list[int], relnode: int) -> dict[int, float]:
         """Each block once at QD1 on one connection (after a short warm-up): ms."""
-        conn = PagestreamConnection(self.gateway_port, self.tenant, self.timeline)
+        conn = PagestreamConnection(self.gateway_port, self.tenant, self.timeline, self.token)
         try:
             _, pkey, n, _ = self.rels[1]
             for blk in range(min(20, n)):  # warm the connection and its stream
@@ -700,6 +735,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--event-loop", choices=["asyncio", "uvloop"], default="uvloop",
                     help="the services' event loop (config event_loop)")
+    ap.add_argument("--auth", action="store_true",
+                    help="NeonJWT on every port: tokens on every connection and call")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="pagestore-bench-getpage-"))
@@ -728,6 +765,9 @@ def main() -> int:
                  else "AFTER attaching: pages arrived through WAL (images and delta chains)")
               + f"; {loaded:.0f} s, then {lag:.1f} s until pagestore had ingested up to the "
               f"primary's flush LSN {lsn_text(b.nms)}")
+        print("auth: " + ("NeonJWT on every port (a tenant token as the libpq password, the "
+                          "services' pageserverapi token on their calls)" if args.auth
+                          else "off (Trust on loopback)"))
 
         # Peers and floors, same run (pgbench -S prunes heap pages: WAL, ingested too).
         single_units = b.singles(args.seed)

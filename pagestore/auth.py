@@ -10,6 +10,11 @@ Rules (shared/reference/neon-protocols.md 1.1 and 6):
   rotate by adding the new key, moving clients to it, then removing the old one.  The
   key set is read again when a file under the path changes (a stat per check, cached
   for ``RELOAD_CHECK_INTERVAL`` seconds).
+- A token that verified is remembered (up to ``VERIFIED_CACHE_SIZE`` of them) with its
+  claims and expiry, so a client that sends the same token on every call pays one
+  Ed25519 verify, not one per call.  The memory is dropped whenever the key set changes
+  (a removed key's tokens are refused from then on) and an entry past its ``exp`` is
+  refused as expired, as a fresh verify would.
 - ``check_tenant``: scope ``tenant`` may act on its own tenant only; ``pageserverapi``
   on anything; every other scope is refused.  ``check_server``: server-wide operations
   (list tenants, create one) need ``pageserverapi``.
@@ -47,6 +52,8 @@ SCOPES = ("tenant", "tenantendpoint", "pageserverapi", "safekeeperdata", "genera
           "admin", "infra", "scrubber", "controller_peer")
 #: Seconds between two looks at the key files for a change.
 RELOAD_CHECK_INTERVAL = 1.0
+#: Verified tokens remembered by a JwtVerifier (dropped all at once when full).
+VERIFIED_CACHE_SIZE = 4096
 #: The auth types of a port (Neon's names).
 AUTH_TYPES = ("Trust", "NeonJWT")
 
@@ -106,8 +113,11 @@ class JwtVerifier:
         self.paths = [Path(p) for p in paths]
         self._lock = threading.Lock()
         self._stamp = self._fingerprint()
-        self._keys = load_public_keys(self.paths)
         self._checked = time.monotonic()
+        #: the key set and the tokens it verified (token -> claims, exp or None), replaced
+        #: together so no token verified by a removed key outlives it
+        self._state: tuple[list[Ed25519PublicKey], dict[str, tuple[Claims, float | None]]]
+        self._state = (load_public_keys(self.paths), {})
 
     def _fingerprint(self) -> tuple[tuple[str, int, int], ...]:
         out = []
@@ -125,6 +135,9 @@ class JwtVerifier:
         return tuple(out)
 
     def keys(self) -> list[Ed25519PublicKey]:
+        return self._current()[0]
+
+    def _current(self) -> tuple[list[Ed25519PublicKey], dict[str, tuple[Claims, float | None]]]:
         now = time.monotonic()
         if now - self._checked >= RELOAD_CHECK_INTERVAL:
             with self._lock:
@@ -132,19 +145,26 @@ class JwtVerifier:
                 stamp = self._fingerprint()
                 if stamp != self._stamp:
                     try:
-                        self._keys = load_public_keys(self.paths)
+                        self._state = (load_public_keys(self.paths), {})
                         self._stamp = stamp
                     except ConfigError:
                         pass  # mid-rotation (a file half written): keep the old set
-        return self._keys
+        return self._state
 
     def verify(self, token: str) -> Claims:
         """The token's claims; AuthenticationError if no key verifies it."""
         if not token:
             raise AuthenticationError("missing token: this port requires a JWT "
                                       "(`pagestore auth token`)")
+        keys, verified = self._current()
+        hit = verified.get(token)
+        if hit is not None:
+            claims, exp = hit
+            if exp is not None and exp <= time.time():
+                raise AuthenticationError("the token has expired")
+            return claims
         error = "no key verifies its signature"
-        for key in self.keys():
+        for key in keys:
             try:
                 raw = jwt.decode(token, key=key, algorithms=[ALGORITHM],
                                  options={"require": [], "verify_aud": False})
@@ -157,7 +177,12 @@ class JwtVerifier:
                 if isinstance(e, jwt.DecodeError):
                     break
                 continue
-            return claims_from(raw)
+            claims = claims_from(raw)
+            exp = raw.get("exp")
+            if len(verified) >= VERIFIED_CACHE_SIZE:
+                verified.clear()
+            verified[token] = (claims, float(exp) if exp is not None else None)
+            return claims
         raise AuthenticationError(f"invalid token: {error}")
 
 

@@ -5,8 +5,14 @@ PostgreSQL servers and real service processes and is marked ``integration``.  Th
 default command runs both; ``-m unit`` or ``-m integration`` selects one.
 
 Tests marked ``regression_suite`` (PostgreSQL's regression suite streamed into pagestore:
-minutes each) run only when asked for: ``-m regression_suite``, or their file or node id
-named on the command line.  scripts/test, CI's command, runs them after the default run.
+minutes each) run only when asked for: ``-m regression_suite``, their file or node id
+named on the command line, or ``--with-regression-suite`` (everything else too).
+scripts/test, CI's command, runs the whole suite that way.
+
+Under pytest-xdist (``-n``) the tests marked ``slow`` or ``regression_suite`` come first
+in the collection, so that ``--dist load``, which hands tests out in collection order as
+workers free up, starts the longest ones early instead of leaving one of them to run
+alone at the end.
 """
 
 from __future__ import annotations
@@ -30,6 +36,11 @@ pytest_plugins = [
 TESTS_DIR = Path(__file__).parent
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--with-regression-suite", action="store_true",
+                     help="also run the tests marked regression_suite (minutes each)")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         rel = Path(str(item.fspath)).relative_to(TESTS_DIR)
@@ -37,7 +48,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.unit)
         elif rel.parts[0] == "integration":
             item.add_marker(pytest.mark.integration)
-    if "regression_suite" in (config.option.markexpr or ""):
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: the long tests first
+        items.sort(key=lambda item: not (item.get_closest_marker("slow")
+                                         or item.get_closest_marker("regression_suite")))
+    if "regression_suite" in (config.option.markexpr or "") or config.getoption(
+            "--with-regression-suite"):
         return
     named = [Path(arg.split("::")[0]).resolve() for arg in config.args]
     keep, drop = [], []

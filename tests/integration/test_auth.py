@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
+import sys
 from typing import TYPE_CHECKING
 
 import grpc
@@ -236,6 +238,13 @@ def test_tls_on_grpc_and_the_gateway(stack: StackRunner, pg_factory, work_dir: P
     with grpc.insecure_channel(addr) as ch, pytest.raises(grpc.RpcError) as e:
         page_service_pb2_grpc.PageServiceStub(ch).GetRelSize(req, metadata=md, timeout=10)
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    # The container health check speaks TLS when given the config (and fails without it).
+    health = [sys.executable, "-m", "pagestore.healthcheck"]
+    ok = subprocess.run([*health, "--config", str(stack.workdir / "pagestore.toml"), addr],
+                        capture_output=True, text=True, timeout=60)
+    assert (ok.returncode, ok.stdout.strip()) == (0, "SERVING"), ok.stderr
+    plain = subprocess.run([*health, addr], capture_output=True, text=True, timeout=60)
+    assert (plain.returncode, plain.stdout.strip()) == (1, "DOWN")
 
     # libpq: sslmode=require is served over TLS; a plaintext startup is refused.
     port = st["gateway"]["port"]

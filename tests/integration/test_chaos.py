@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from pagestore.lsn import Lsn
 from tests.fixtures.consistency import relation_kinds
 from tests.fixtures.postgres import pg_basebackup
@@ -107,6 +109,7 @@ def pgbench_loop(primary, stop: threading.Event, failures: list[str]) -> None:
             return
 
 
+@pytest.mark.slow
 def test_chaos_kills_and_restarts_lose_nothing(stack: StackRunner, pg_factory,
                                                work_dir: Path) -> None:
     seed = int(os.environ.get("PAGESTORE_CHAOS_SEED") or random.randrange(1 << 30))

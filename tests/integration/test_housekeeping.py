@@ -18,6 +18,7 @@ import threading
 from typing import TYPE_CHECKING
 
 import grpc
+import pytest
 
 from pagestore.keys import ForkNumber, RelTag
 from pagestore.lsn import Lsn
@@ -165,6 +166,7 @@ def test_compaction_images_and_gc_keep_every_page(stack: StackRunner, pg_factory
     assert result.compared["main"] > 500 and result.compared["vm"] > 0
 
 
+@pytest.mark.slow
 def test_pitr_window_branches_and_leases(stack: StackRunner, pg_factory, work_dir: Path) -> None:
     primary = pg_factory(settings={"wal_keep_size": "'2GB'", "autovacuum": "off"})
     pgbench(primary, "-i", "-s", "1")
@@ -269,6 +271,7 @@ def registered(stack: StackRunner, tenant: str, timeline: str) -> int:
     return sum(v["count"] for v in layer_bytes(stack, tenant, timeline).values())
 
 
+@pytest.mark.slow
 def test_housekeeping_killed_or_failing_loses_nothing(stack: StackRunner, pg_factory) -> None:
     """Housekeeping killed after writing its files but before the swap, and after the swap
     but before unlinking what it replaced; GC failing before its commit.  Each time the

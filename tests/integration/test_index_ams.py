@@ -9,6 +9,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from pagestore.lsn import Lsn
 from tests.fixtures.consistency import replay_with_postgres
 from tests.fixtures.postgres import pg_basebackup
@@ -71,6 +73,7 @@ def index_scans(pg) -> dict[str, tuple[str, str]]:
     return out
 
 
+@pytest.mark.slow
 def test_every_index_am_under_load(stack: StackRunner, pg_factory, work_dir: Path) -> None:
     primary = pg_factory(settings={"wal_keep_size": "'4GB'", "autovacuum": "off"})
     # Layers flushed within a second, so the flush position the primary's walsender waits

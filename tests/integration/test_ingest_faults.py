@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from pagestore.layers.names import LayerKind, parse_layer_name
 from pagestore.lsn import Lsn
 from tests.fixtures.consistency import relation_kinds
@@ -57,6 +59,7 @@ def log_size(stack: StackRunner, service: str) -> int:
     return len((stack.workdir / "logs" / f"{service}.log").read_text())
 
 
+@pytest.mark.slow
 def test_ingest_faults_lose_nothing(stack: StackRunner, pg_factory, work_dir: Path) -> None:
     primary = pg_factory(settings={"wal_keep_size": "'2GB'", "autovacuum": "off"})
     primary.psql("CREATE TABLE t (id int, v text)")

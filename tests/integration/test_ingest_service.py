@@ -13,6 +13,8 @@ import subprocess
 import threading
 from pathlib import Path
 
+import pytest
+
 from pagestore.layers.delta import DeltaLayerReader
 from pagestore.layers.layermap import LayerMap
 from pagestore.lsn import Lsn
@@ -43,6 +45,7 @@ def caught_up(stack: StackRunner, tenant: str, timeline: str, lsn: Lsn) -> bool:
     return Lsn.parse(status(stack, tenant, timeline)["last_record_lsn"]) >= lsn
 
 
+@pytest.mark.slow
 def test_attach_stream_kill_and_resume(stack: StackRunner, pg_factory, work_dir: Path) -> None:
     # autovacuum off: nothing may change the primary's files without WAL between our base
     # backup and the standby's (see tests/fixtures/standby.py).

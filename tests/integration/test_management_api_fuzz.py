@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -54,6 +55,7 @@ def _run(op: APIOperation, base_url: str, mode: GenerationMode, session: request
         assert mode is GenerationMode.NEGATIVE, op
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_server_errors(stack: StackRunner) -> None:
     stack.init("tenant.compaction_period='0s'", "tenant.gc_period='0s'")
     stack.start()

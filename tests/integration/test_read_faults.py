@@ -63,12 +63,17 @@ class Marks:
         return resp.page[0].image
 
 
+@pytest.mark.slow
 def test_read_path_faults_serve_no_stale_page(stack: StackRunner, pg_factory) -> None:
     primary = pg_factory(settings={"autovacuum": "off"})
     primary.psql("CREATE TABLE marks (id int PRIMARY KEY, v text)")
     primary.psql("INSERT INTO marks VALUES (1, 'marker-0000')")
-    # Layers every 2 s; the read timeout is long enough for any wait below.
-    stack.init("ingest.checkpoint_timeout='2s'", "pageread.wait_lsn_timeout='60s'")
+    # Layers every 2 s; the read timeout is long enough for any wait below.  No
+    # compaction: an image layer made between an update and its read would serve the page
+    # without redo (the redo faults below would not be met) and the new-files check
+    # below reads delta layers only.
+    stack.init("ingest.checkpoint_timeout='2s'", "pageread.wait_lsn_timeout='60s'",
+               "tenant.compaction_period='0s'")
     stack.start()
     tenant, timeline = attach(stack, primary)
     m = Marks(stack, primary, tenant, timeline)

@@ -21,6 +21,8 @@ import shutil
 import subprocess
 from typing import TYPE_CHECKING
 
+import pytest
+
 from pagestore.ids import TenantId, TimelineId
 from pagestore.lsn import Lsn
 from pagestore.remote.layout import index_key, read_latest_index
@@ -54,6 +56,7 @@ def evicted(stack: StackRunner, tenant: str, timeline: str) -> int:
     return int(m.group(1)) if m else 0
 
 
+@pytest.mark.slow
 def test_upload_and_download_faults_and_a_small_disk_budget(
         stack: StackRunner, pg_factory, work_dir: Path, remote_storage) -> None:
     target = remote_storage("local")
@@ -120,6 +123,7 @@ def test_upload_and_download_faults_and_a_small_disk_budget(
     assert hits and int(hits.group(1)) == 3
 
 
+@pytest.mark.slow
 def test_two_nodes_attached_in_turn(stack: StackRunner, pg_factory, work_dir: Path,
                                     remote_storage) -> None:
     target = remote_storage("local")
@@ -189,6 +193,7 @@ def test_two_nodes_attached_in_turn(stack: StackRunner, pg_factory, work_dir: Pa
     assert not errors, "\n".join(errors)
 
 
+@pytest.mark.slow
 def test_services_killed_during_remote_io_lose_nothing(stack: StackRunner, pg_factory,
                                                         work_dir: Path, remote_storage) -> None:
     """Housekeeping dies (SIGKILL) in the middle of an upload, pageread in the middle of a

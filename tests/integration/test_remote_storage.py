@@ -63,6 +63,7 @@ def fullbackup_matches(stack: StackRunner, primary, tenant: str, timeline: str, 
         restored.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ("local", "s3", "azure"))
 def test_empty_node_recovers_from_the_bucket(stack: StackRunner, pg_factory, work_dir: Path,
                                              remote_storage, proxy_factory, kind: str) -> None:

@@ -87,6 +87,7 @@ def create_timeline(stack: StackRunner, tenant: str, wal_source: str) -> str:
                      timeout=600).stdout.strip()
 
 
+@pytest.mark.slow
 def test_delete_timeline(stack: StackRunner, pg_factory) -> None:
     primary = pg_factory()
     primary.psql("CREATE TABLE t (a int, b text)")

@@ -11,6 +11,8 @@ import json
 import subprocess
 from typing import TYPE_CHECKING
 
+import pytest
+
 from pagestore.lsn import Lsn
 from pagestore.pg.replication import timeline_slot_name
 from tests.fixtures.restore import restore_backup
@@ -71,6 +73,7 @@ def _slots(pg: PgCluster) -> list[str]:
     return out.split() if out else []
 
 
+@pytest.mark.slow
 def test_writable_branch(stack: StackRunner, pg_factory, work_dir: Path) -> None:
     parent_pg = pg_factory(settings={"wal_keep_size": "'2GB'", "autovacuum": "off"})
     stack.init("ingest.checkpoint_timeout='1s'")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import TYPE_CHECKING
 
 import jwt
@@ -93,6 +94,38 @@ def test_a_key_directory_rotates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     v.verify(new_token)
 
 
+def test_a_verified_token_is_remembered_until_it_expires(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    private, public = keypair(tmp_path, "a")
+    key = load_private_key(private)
+    v = JwtVerifier([public])
+    token = make_token(key, "tenant", T1, ttl=30)
+    decodes = 0
+    real_decode = jwt.decode
+
+    def counting_decode(*args: object, **kwargs: object) -> object:
+        nonlocal decodes
+        decodes += 1
+        return real_decode(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(auth.jwt, "decode", counting_decode)
+    assert v.verify(token) == Claims("tenant", T1)
+    assert v.verify(token) == Claims("tenant", T1)
+    assert decodes == 1  # the second call did not verify the signature again
+    # Past its exp the remembered token is refused as a fresh verify would refuse it.
+    now = time.time()
+    monkeypatch.setattr(auth.time, "time", lambda: now + 31)
+    with pytest.raises(AuthenticationError, match="expired"):
+        v.verify(token)
+    # The memory is bounded: full, it starts again (and every token still verifies).
+    monkeypatch.setattr(auth.time, "time", lambda: now)
+    monkeypatch.setattr(auth, "VERIFIED_CACHE_SIZE", 3)
+    tokens = [make_token(key, "tenant", TenantId.generate()) for _ in range(5)]
+    for t in tokens:
+        assert v.verify(t).scope == "tenant"
+    assert len(v._current()[1]) <= 3
+
+
 def test_key_files_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         JwtVerifier([tmp_path / "missing.pem"])
@@ -154,3 +187,9 @@ def test_a_port_with_tokens_and_no_key_will_not_start(tmp_path: Path) -> None:
     assert oct(d.stat().st_mode & 0o777) == "0o700"
     assert all(oct((d / n).stat().st_mode & 0o777) == "0o600"
                for n in (auth.INTERNAL_PRIVATE, auth.INTERNAL_TOKEN))
+
+
+def test_health_check_refuses_a_config_that_is_not_there(tmp_path: Path) -> None:
+    from pagestore import healthcheck
+
+    assert healthcheck.main(["--config", str(tmp_path / "missing.toml"), "127.0.0.1:1"]) == 2

@@ -71,6 +71,8 @@ def test_container_config_is_valid_and_addresses_agree() -> None:
         assert host == name
         health = compose["services"][name]["healthcheck"]["test"]
         assert health[-1] == f"127.0.0.1:{port}", name
+        # The check reads the service's config, so it follows TLS when that is turned on.
+        assert health[health.index("--config") + 1] == "/etc/pagestore/pagestore.toml", name
     assert cfg.remote_storage is not None and cfg.remote_storage.kind == "s3"
 
 

@@ -10,9 +10,9 @@ named on the command line, or ``--with-regression-suite`` (everything else too).
 scripts/test, CI's command, runs the whole suite that way.
 
 Under pytest-xdist (``-n``) the tests marked ``slow`` or ``regression_suite`` come first
-in the collection, so that ``--dist load``, which hands tests out in collection order as
-workers free up, starts the longest ones early instead of leaving one of them to run
-alone at the end.
+in the collection, so that ``--dist load --maxschedchunk 1`` (scripts/test), which hands
+tests out in collection order as workers free up, starts the longest ones early instead
+of leaving one of them to run alone at the end.
 """
 
 from __future__ import annotations

@@ -192,7 +192,7 @@ class Stack:
                     timeline=self.ref, lsn=int(lsn), timeout_ms=30_000), timeout=60)
                 return
             except grpc.RpcError as e:
-                if (e.code() != grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+                if (e.code() != grpc.StatusCode.DEADLINE_EXCEEDED
                         or time.monotonic() > deadline):
                     raise
 
@@ -298,7 +298,7 @@ def standalone(images: Path, wal_dir: Path, ranges: list[tuple[Lsn, Lsn]], out_d
     view = TimelineView(LayerMap(images, descs))
     ingest = WalIngest(load_state(view, base), read_page=view.value)
     segments = find_segments([wal_dir])
-    out: list = []
+    out: list[tuple[bytes, int, bytes]] = []  # walingest.Values
     pos = base
     passes = []
     perf = time.perf_counter

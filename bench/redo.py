@@ -62,7 +62,7 @@ from pagestore.pg.cluster import (  # noqa: E402
     give_to_server_user,
 )
 from pagestore.pg.rmgr import RmgrId, rmgr_name  # noqa: E402
-from pagestore.pg.walfiles import find_segments, read_wal_records  # noqa: E402
+from pagestore.pg.walfiles import SegmentFile, find_segments, read_wal_records  # noqa: E402
 from pagestore.redo.apply import reconstruct, redo_block  # noqa: E402
 from pagestore.redo.context import RedoContext  # noqa: E402
 
@@ -171,7 +171,7 @@ class AmStats:
         self.unsupported: Counter[int] = Counter()  # info -> records
 
 
-def decode_pass(segments: list, start: Lsn) -> tuple[int, float, Lsn]:
+def decode_pass(segments: list[SegmentFile], start: Lsn) -> tuple[int, float, Lsn]:
     """Records, seconds and the last record's LSN of a pass that only decodes."""
     n = 0
     last = start
@@ -182,11 +182,11 @@ def decode_pass(segments: list, start: Lsn) -> tuple[int, float, Lsn]:
     return n, time.perf_counter() - t0, last
 
 
-def redo_pass(segments: list, start: Lsn, ctx: RedoContext
+def redo_pass(segments: list[SegmentFile], start: Lsn, ctx: RedoContext
               ) -> tuple[int, float, dict[int, AmStats], list[str]]:
     """Records, seconds of the whole pass, per-rmgr stats and the first problems seen."""
     pages: dict[tuple[RelTag, int], bytearray] = {}
-    stats = {rmid: AmStats() for rmid in AMS}
+    stats: dict[int, AmStats] = {int(rmid): AmStats() for rmid in AMS}
     problems: list[str] = []
     perf = time.perf_counter
     n = 0
@@ -232,7 +232,8 @@ def redo_pass(segments: list, start: Lsn, ctx: RedoContext
             if out is not None:
                 pages[key] = out
         if redone:
-            st.records += 1  # type: ignore[union-attr]
+            assert st is not None  # a block was redone: the record is of an AM
+            st.records += 1
     return n, perf() - t0, stats, problems
 
 

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -66,7 +67,7 @@ class Bench:
         self.primary.initdb(extra_hba=["host replication all 127.0.0.1/32 trust"])
         self.primary.start()
 
-    def s3(self):  # type: ignore[no-untyped-def]
+    def s3(self) -> Any:
         return boto3.client("s3", region_name="us-east-1", endpoint_url=self.endpoint)
 
     def init_stack(self, *extra: str) -> None:
@@ -86,9 +87,11 @@ class Bench:
         subprocess.run([self.primary.bin("pgbench"), *args, *self.conn, "postgres"],
                        check=True, capture_output=True)
 
-    def status(self) -> dict:
-        return json.loads(cli(self.workdir, "timeline", "status", "--tenant", self.tenant,
-                              "--timeline", self.timeline, "--json"))
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = json.loads(cli(
+            self.workdir, "timeline", "status", "--tenant", self.tenant,
+            "--timeline", self.timeline, "--json"))
+        return out
 
     def load(self, transactions: int) -> None:
         self.init_stack()

@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -96,9 +97,11 @@ class Bench:
         self.nblocks = int(self.primary.psql(
             "SELECT pg_relation_size('pgbench_accounts')")) // 8192
 
-    def status(self) -> dict:
-        return json.loads(cli(self.workdir, "timeline", "status", "--tenant", self.tenant,
-                              "--timeline", self.timeline, "--json"))
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = json.loads(cli(
+            self.workdir, "timeline", "status", "--tenant", self.tenant,
+            "--timeline", self.timeline, "--json"))
+        return out
 
     def wait_flushed(self) -> None:
         target = lsn_int(self.primary.psql("SELECT pg_current_wal_flush_lsn()"))

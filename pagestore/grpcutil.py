@@ -24,6 +24,7 @@ import asyncio
 import collections
 import logging
 import signal
+import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -237,14 +238,24 @@ class GrpcService:
         self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
 
     def bind(self) -> int:
-        if self.tls is not None:
-            cert, key = self.tls
-            self.port = self.server.add_secure_port(
-                self.listen_addr, grpc.ssl_server_credentials([(key, cert)]))
-        else:
-            self.port = self.server.add_insecure_port(self.listen_addr)
+        try:
+            if self.tls is not None:
+                cert, key = self.tls
+                self.port = self.server.add_secure_port(
+                    self.listen_addr, grpc.ssl_server_credentials([(key, cert)]))
+            else:
+                self.port = self.server.add_insecure_port(self.listen_addr)
+        except RuntimeError:  # grpc: "Failed to bind", without the reason
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"{self.name}: cannot listen on {self.listen_addr}")
+            # A bind of our own says why (in use, not an address of this machine).
+            host, _, port = self.listen_addr.rpartition(":")
+            try:
+                with socket.create_server((host.strip("[]"), int(port))):
+                    reason = "grpc refused the address"
+            except (OSError, ValueError) as e:
+                reason = str(e)
+            raise OSError(f"{self.name}: cannot listen on {self.listen_addr}: {reason}")
         return self.port
 
     async def start(self) -> None:

@@ -62,6 +62,15 @@ class StackError(PagestoreError):
     """The stack could not be started or stopped."""
 
 
+class PortTaken(StackError):
+    """A service could not bind its port: another process took it after the probe."""
+
+
+#: Fresh starts tried when a port picked for "port 0" was taken before its service bound
+#: it (the probe releases the port at once, so another process may bind it first).
+PORT_RACE_ATTEMPTS = 3
+
+
 def needs_tokens(cfg: Config) -> bool:
     """Whether any port of the stack checks tokens (then the services need their own)."""
     for name in SERVICES:
@@ -246,9 +255,10 @@ class Stack:
         while True:
             rc = proc.poll()
             if rc is not None:
-                raise StackError(f"{name} exited with code {rc} while starting; its log "
-                                 f"({self.logs_dir / (name + '.log')}) ends with:\n"
-                                 f"{self.log_tail(name)}")
+                tail = self.log_tail(name)
+                error = PortTaken if "address already in use" in tail.lower() else StackError
+                raise error(f"{name} exited with code {rc} while starting; its log "
+                            f"({self.logs_dir / (name + '.log')}) ends with:\n{tail}")
             if check_health(addr, timeout=1.0) == "SERVING":
                 return
             if time.monotonic() > deadline:
@@ -265,7 +275,29 @@ class Stack:
         With the whole stack down, ports are resolved afresh and the catalog is started.
         With part of it running (a service crashed or was killed), the missing services
         are started with the running stack's resolved config, so addresses stay the same.
+        A fresh start whose service found a port picked for it taken (PortTaken) is
+        stopped and tried again with new ports, up to PORT_RACE_ATTEMPTS times; a port
+        set in the config is never changed.
         """
+        for attempt in range(1, PORT_RACE_ATTEMPTS + 1):
+            fresh = not self.running_services()
+            try:
+                return self._start_once()
+            except PortTaken as e:
+                if not fresh or attempt == PORT_RACE_ATTEMPTS or self._ports_fixed():
+                    raise StackError(e.message) from None
+                log.warning("a port picked for the stack was taken before its service "
+                            "bound it; starting again with new ports (attempt %d of %d)",
+                            attempt + 1, PORT_RACE_ATTEMPTS)
+        raise AssertionError("unreachable")
+
+    def _ports_fixed(self) -> bool:
+        """Every service port is set in the config (none is picked by a probe)."""
+        cfg = self.user_config()
+        return all(split_addr(getattr(getattr(cfg, n), k))[1]
+                   for n in SERVICES for k in ("listen_addr", "listen_http_addr"))
+
+    def _start_once(self) -> tuple[Config, list[str]]:
         if not self.config_path.exists():
             raise StackError(f"{self.config_path} does not exist: run `pagestore init` first")
         running = self.running_services()

@@ -213,7 +213,8 @@ def test_gateway_max_connections(stack: StackRunner) -> None:
     def served(c: Client) -> bool:
         """A request on the pagestream gets its answer (a pagestream Error here)."""
         resp = c.pipelined([request])[0]
-        return resp[0] == 103 and resp[1:].startswith(b"Not found: ")
+        assert resp[0] == 103 and resp[1:].startswith(b"Not found: "), resp[:300]
+        return True
 
     open_ = [Client(port), Client(port)]
     try:

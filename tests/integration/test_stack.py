@@ -122,3 +122,36 @@ def test_gateway_refusals_keep_connection(stack: StackRunner, query: str, sqlsta
             conn.execute(query)
         assert exc.value.sqlstate == sqlstate
         conn.execute("set x to y")  # the same connection goes on
+
+
+# The services outlive the Popen objects of this in-process start, as they outlive the
+# `pagestore start` process that usually makes them.
+@pytest.mark.filterwarnings("ignore:subprocess .* is still running:ResourceWarning")
+def test_a_port_taken_after_its_probe_is_picked_again(stack: StackRunner,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """`pagestore start` picks ports for "port 0" by probing and releasing them; another
+    process may bind one before its service does.  That start is stopped and tried again
+    with new ports, and the stack serves."""
+    import logging
+    import socket
+
+    from pagestore import stack as stack_module
+
+    stack.init()
+    squatter = socket.create_server(("127.0.0.1", 0))  # binds a port the probe "found"
+    squatted = squatter.getsockname()[1]
+    real_free_port = stack_module.free_port
+    first = iter([squatted])
+    monkeypatch.setattr(stack_module, "free_port", lambda: next(first, 0) or real_free_port())
+    try:
+        with caplog.at_level(logging.WARNING, logger="pagestore.stack"):
+            _, started = stack_module.Stack(stack.workdir).start()
+    finally:
+        squatter.close()
+    assert sorted(started) == sorted(stack_module.SERVICES)
+    assert "starting again with new ports (attempt 2 of 3)" in caplog.text
+    status = stack.status()
+    _assert_all_serving(status)
+    ports = {s.get("port") for s in status["services"].values()}
+    assert squatted not in ports

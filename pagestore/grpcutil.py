@@ -62,6 +62,8 @@ def timeline_metadata(tenant: object, timeline: object, shard: str = "0000"
     """The request metadata naming a timeline (page_api, PageReadExtras)."""
     return ((TENANT_METADATA_KEY, str(tenant)), (TIMELINE_METADATA_KEY, str(timeline)),
             (SHARD_METADATA_KEY, shard))
+
+
 #: Methods anyone may call (container and stack health checks).
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 #: Methods a tenant-scoped token may call, for the tenant in TENANT_METADATA_KEY.

@@ -295,7 +295,8 @@ class Stack:
         """Every service port is set in the config (none is picked by a probe)."""
         cfg = self.user_config()
         return all(split_addr(getattr(getattr(cfg, n), k))[1]
-                   for n in SERVICES for k in ("listen_addr", "listen_http_addr"))
+                   for n in SERVICES for k in ("listen_addr", "listen_http_addr",
+                                               *(["listen_pg_addr"] if n == "gateway" else [])))
 
     def _start_once(self) -> tuple[Config, list[str]]:
         if not self.config_path.exists():
